@@ -1,0 +1,213 @@
+"""The transformer trunk shared by the encoder, the flow decoder and the REPA head.
+
+Matches the official `FlexTransformer`: pre-norm blocks, parameter-free LayerNorm (eps 1e-5,
+fp32), QK-norm over head_dim, attention scale 8/head_dim, separate q/k/v/out projections without
+bias, SwiGLU MLP with hidden int(2*int(4*D)/3) and no biases, no final norm. The decoder variant
+adds adaLN-zero modulation with expansion E: every token slot of a latent-frame block belongs to
+a sub-sequence e (patches 0, registers 1) and gets its own (gate_msa, gate_mlp, shift_msa,
+scale_msa, shift_mlp, scale_mlp) from `Linear(SiLU(temb)) -> [E, 6, D]`.
+
+Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vft import sharding
+
+Dtype = Any
+ATTENTION_IMPLS = ("xla", "einsum", "cudnn")
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """Parameter-free LayerNorm over the last axis, computed in fp32, cast back to x.dtype."""
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def mlp_hidden_dim(dim: int) -> int:
+  """SwiGLU hidden width of the release: int(2 * int(4 * D) / 3) (3072 for 1152, 4778 for 1792)."""
+  return int(2 * int(4 * dim) / 3)
+
+
+def dense_init(names: Sequence[str | None], init=nn.initializers.xavier_uniform()):
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with QK-norm and scale 8/head_dim."""
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, S, D], mask [S, S] bool -> [B, S, D]."""
+    dim = x.shape[-1]
+    proj = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, self.head_dim), use_bias=False,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=dense_init(("embed", "heads", "kv")))
+    q, k, v = proj(name="wq")(x), proj(name="wk")(x), proj(name="wv")(x)  # [B, S, H, Dh]
+    q, k = layer_norm(q), layer_norm(k)
+    q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
+    scale = 8.0 / self.head_dim
+    if self.impl == "einsum":
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+      logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    elif self.impl in ("xla", "cudnn"):
+      out = jax.nn.dot_product_attention(
+          q, k, v, mask=mask[None, None], scale=scale, implementation=self.impl)
+    else:
+      raise ValueError(f"attention impl {self.impl!r} unknown; expected one of {ATTENTION_IMPLS}")
+    return nn.DenseGeneral(
+        dim, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
+
+
+class SwiGLU(nn.Module):
+  """fc2(SiLU(fc1(x)) * fc3(x)), no biases."""
+  hidden: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    h = nn.silu(dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc1")(x))
+    h = h * dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc3")(x)
+    h = sharding.constrain(h, ("batch", "length", "mlp"))
+    return dense(x.shape[-1], kernel_init=dense_init(("mlp", "embed")), name="fc2")(h)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block, optionally with adaLN-zero modulation.
+
+  With `adaln_segments` (a tuple of E-ary segment ids, one per slot of a latent-frame block of
+  length L), `cond` [B, D] produces per-segment modulations; otherwise `cond` is ignored.
+  """
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  adaln_segments: tuple[int, ...] | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    b, s, d = x.shape
+    attn = Attention(self.num_heads, self.head_dim, self.dtype, self.param_dtype,
+                     self.attention_impl, name="attn")
+    mlp = SwiGLU(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")
+    if self.adaln_segments is None:
+      x = x + attn(layer_norm(x), mask)
+      x = x + mlp(layer_norm(x))
+      return sharding.constrain(x, ("batch", "length", "embed"))
+
+    seg = np.asarray(self.adaln_segments, dtype=np.int32)
+    num_seg, block = int(seg.max()) + 1, seg.size
+    if s % block:
+      raise ValueError(f"adaLN block: sequence length {s} is not a multiple of the block {block}")
+    mod = nn.DenseGeneral(
+        (num_seg, 6, d), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=dense_init(("embed", None, None, "mlp"), nn.initializers.zeros),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "mlp")),
+        name="adaLN_modulation")(nn.silu(cond))  # [B, E, 6, D]
+    mod = mod.astype(jnp.float32)[:, seg][:, None]  # [B, 1, L, 6, D]
+    gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = (
+        mod[..., i, :] for i in range(6))
+
+    def blocks(t):  # [B, S, D] <-> [B, T, L, D]
+      return t.reshape(b, s // block, block, d)
+
+    def modulate(h, shift, scale):
+      return (blocks(h).astype(jnp.float32) * (1 + scale) + shift).reshape(b, s, d).astype(h.dtype)
+
+    h = attn(modulate(layer_norm(x), shift_msa, scale_msa), mask)
+    x = x + (blocks(h) * gate_msa).reshape(b, s, d)
+    h = mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+    x = x + (blocks(h) * gate_mlp).reshape(b, s, d)
+    return sharding.constrain(x, ("batch", "length", "embed"))
+
+
+class _ScanBody(nn.Module):
+  """One scanned layer: carry (x, captured) through a Block; capture x after `capture_layer`."""
+  block_kwargs: dict
+  capture_layer: int | None = None
+
+  @nn.compact
+  def __call__(self, carry, layer_idx, mask, cond):
+    x, captured = carry
+    x = Block(**self.block_kwargs, name="block")(x, mask, cond)
+    if self.capture_layer is not None:
+      captured = jnp.where(layer_idx == self.capture_layer, x, captured)
+    return (x, captured), None
+
+
+class Transformer(nn.Module):
+  """`depth` blocks; `scan` stacks them under one `blocks` scope with a leading `layers` axis.
+
+  Returns (x [B, S, D], captured) where captured is the output of block `capture_layer`
+  (0-based; None if not requested).
+  """
+  depth: int
+  num_heads: int
+  head_dim: int
+  mlp_dim: int
+  adaln_segments: tuple[int, ...] | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  scan: bool = False
+  remat: bool = False
+  remat_policy: str = "nothing_saveable"
+  capture_layer: int | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, cond: jax.Array | None = None):
+    if self.capture_layer is not None and not 0 <= self.capture_layer < self.depth:
+      raise ValueError(f"capture layer {self.capture_layer} outside [0, {self.depth})")
+    kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+              adaln_segments=self.adaln_segments, dtype=self.dtype,
+              param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    mask = jnp.asarray(mask)
+    if self.scan:
+      body = _ScanBody
+      if self.remat:
+        body = nn.remat(body, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
+      stack = nn.scan(
+          body, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast), length=self.depth,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      captured = jnp.zeros_like(x) if self.capture_layer is not None else None
+      (x, captured), _ = stack(kw, self.capture_layer, name="blocks")(
+          (x, captured), jnp.arange(self.depth), mask, cond)
+      return x, captured
+    block_cls = Block
+    if self.remat:
+      block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy])
+    captured = None
+    for i in range(self.depth):
+      x = block_cls(**kw, name=f"blocks_{i}")(x, mask, cond)
+      if i == self.capture_layer:
+        captured = x
+    return x, captured
