@@ -47,3 +47,26 @@ def init_params(model: VideoFlexTok, key: jax.Array, latent_shape) -> dict:
   latents = jnp.zeros(latent_shape, jnp.float32)
   t = jnp.full((latent_shape[0],), 0.5, jnp.float32)
   return model.init(key, latents, latents, t)["params"]
+
+
+def sample_latents(model: VideoFlexTok, params, codes: jax.Array, noise: jax.Array, steps: int,
+                   keep_k: jax.Array | None = None, guidance=None, cond_latents=None,
+                   prefix_len: jax.Array | None = None) -> jax.Array:
+  """Renders latents from FSQ codes with the flow decoder (Euler, optional CFG/APG).
+
+  codes [B, T', N, d]; noise [B, T, H, W, C] (the state at t = 1); keep_k [B] budgets.
+  Pure function of its inputs: jit it with `steps`/`guidance` static; keep_k is traced, so
+  changing the budget does not recompile.
+  """
+  from vft import flow  # local import: flow does not depend on models
+
+  guidance = guidance or flow.Guidance()
+  b = codes.shape[0]
+
+  def velocity(x, t, uncond):
+    reps = x.shape[0] // b
+    tile = lambda a: None if a is None else jnp.concatenate([a] * reps)  # noqa: E731
+    return model.apply({"params": params}, tile(codes), x, t, keep_k=tile(keep_k),
+                       null_cond=uncond, prefix_len=tile(prefix_len), method="decode")
+
+  return flow.euler_sample(velocity, noise, steps, guidance, cond_latents=cond_latents)

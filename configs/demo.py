@@ -1,0 +1,30 @@
+"""Tiny CPU default run by `make demo`: PatchCodec latents of 17x64x64 clips, about 10 minutes
+of training on 2 CPU cores, then reconstructions at budgets 1, 2, 4, ..., 16 tokens per frame.
+
+  python -m vft.main --config=configs/demo.py --workdir=runs/demo
+"""
+from vft import config_lib
+
+
+def get_config(arg: str | None = None):
+  c = config_lib.base_config()
+  c.job = "demo"
+  c.total_steps = 600
+  c.codec.spatial_factor = 8  # 17x64x64 RGB -> 5x8x8x768 latents
+  c.data.global_batch_size = 16
+  c.model.update(dict(
+      latent_channels=768, patch_size=(1, 1, 1), num_registers=16, max_latent_frames=8,
+      posemb_max=16, head_dim=32, enc_width=128, enc_depth=2, dec_width=128, dec_depth=3,
+      dtype="float32", attention_impl="einsum", scan=False, remat=False))
+  c.optim.update(dict(lr=1e-3, warmup_steps=50, weight_decay=0.01))
+  c.checkpoint.every_steps = 100
+  c.log_every_steps = 20
+  c.eval.update(dict(every_steps=200, num_clips=8, steps=10))
+  if arg == "smoke":  # seconds-long variant for tests / CI
+    c.total_steps = 4
+    c.data.global_batch_size = 8
+    c.model.update(dict(enc_width=32, enc_depth=1, dec_width=32, dec_depth=1, num_registers=4))
+    c.checkpoint.every_steps = 2
+    c.log_every_steps = 1
+    c.eval.update(dict(every_steps=4, num_clips=2, steps=2))
+  return c

@@ -1,0 +1,55 @@
+"""Orbax checkpoints holding the train state and the data-iterator state together.
+
+Layout: <workdir>/checkpoints/<step>/{state, data}. Saves are asynchronous (config) with a
+keep-N policy; restore re-creates the state in the sharding of the abstract target, so a run can
+resume on a different mesh.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  def __init__(self, directory: str, *, keep: int = 3, use_async: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=use_async, create=True),
+        item_names=("state", "data"),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iter: Any | None = None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None):
+    """Restores the state into the shardings of `abstract_state` (a tree of arrays or
+    jax.ShapeDtypeStruct); restores `data_iter` in place. -> (step, state)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+    items = {"state": ocp.args.StandardRestore(target)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return step, restored["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,58 @@
+"""Shared defaults for the `configs/*.py` files (configs are data: each file's `get_config()`
+starts from `base_config()` and overrides fields)."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def tokens_to_steps(tokens: float, batch_size: int, tokens_per_sample: int) -> int:
+  """The paper counts training length in tokens (latent patch positions seen)."""
+  return max(1, int(round(tokens / (batch_size * tokens_per_sample))))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "train"  # default command of `vft` / `python -m vft.main` when none is given
+  c.seed = 0
+  c.total_steps = 1000
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None: defaults
+
+  c.codec = ml_collections.ConfigDict({"name": "patch", "spatial_factor": 8, "time_factor": 4})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # "" -> <workdir>/data
+  c.data.train_split = "train"
+  c.data.eval_split = "eval"
+  c.data.global_batch_size = 16
+  c.data.worker_count = 0
+  c.data.clip_len = 17
+  c.data.size = 64
+
+  c.model = ml_collections.ConfigDict(dict(
+      latent_channels=16, patch_size=(1, 1, 1), num_registers=256, max_latent_frames=16,
+      posemb_max=32, register_posemb_max=None, fsq_levels=(8, 8, 8, 5, 5, 5), head_dim=64,
+      enc_width=768, enc_depth=12, enc_mask="time_block_causal_last",
+      dec_width=768, dec_depth=12, dec_mask="time_block_causal", adaln_expansion=2,
+      register_posemb="learnable_sum", prefix_masking=False, max_timestep=1.0,
+      repa_layer=None, repa_depth=2, repa_dim=1024,
+      dtype="bfloat16", attention_impl="xla", scan=True, remat=True,
+      remat_policy="nothing_saveable"))
+  c.model.register_posemb_max = ml_collections.FieldReference(None, field_type=int)
+  c.model.repa_layer = ml_collections.FieldReference(None, field_type=int)
+
+  c.train = ml_collections.ConfigDict(dict(
+      nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1.124e-3, init_lr=1e-6, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.95,
+      eps=1e-8, weight_decay=0.05, grad_clip=1.0, ema_decay=0.0))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
+  c.log_every_steps = 50
+
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=1000, num_clips=8, steps=25, budgets=ml_collections.FieldReference(
+          None, field_type=list), guidance_scale=1.0, seed=1234))
+  return c

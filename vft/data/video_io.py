@@ -1,0 +1,191 @@
+"""Video files <-> uint8 frame arrays [T, H, W, 3] (RGB), with PyAV (FFmpeg) and imageio (GIF).
+
+Sampling: with `fps`, frames are taken at times start_sec + k / fps, each time showing the
+source frame on screen then (the last frame whose timestamp is <= that time); without it every
+decoded frame from start_sec on is returned. Resizing: the short side is scaled to `size` with
+bicubic interpolation (FFmpeg swscale, which low-pass filters when shrinking), then the centre
+size x size square is cropped (crop=True) or the aspect ratio kept (crop=False).
+"""
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+import itertools
+import os
+from pathlib import Path
+from typing import Iterator
+
+import av
+import imageio.v3 as iio
+import numpy as np
+
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  num_frames: int
+  fps: float
+  duration: float  # seconds
+  width: int
+  height: int
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"video file {path} not found")
+  try:
+    container = av.open(str(path))
+  except av.error.FFmpegError as e:
+    raise ValueError(f"{path}: cannot open as a video ({e})") from None
+  if not container.streams.video:
+    container.close()
+    raise ValueError(f"{path}: has no video stream")
+  return container
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+  """Frame count, frame rate, duration and size from the container header (no decoding)."""
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    if stream.duration is not None and stream.time_base is not None:
+      duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+      duration = container.duration / av.time_base
+    else:
+      duration = 0.0
+    num_frames = stream.frames or int(round(duration * fps))
+    if not fps and duration:
+      fps = num_frames / duration
+    return VideoInfo(num_frames, fps, duration, stream.width, stream.height)
+
+
+def _resize(frame: av.VideoFrame, size: int | None, crop: bool) -> np.ndarray:
+  if size is None:
+    return frame.to_ndarray(format="rgb24")
+  w, h = frame.width, frame.height
+  scale = size / min(w, h)
+  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+  rgb = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="BICUBIC").to_ndarray()
+  if not crop:
+    return rgb
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return np.ascontiguousarray(rgb[top:top + size, left:left + size])
+
+
+def _decoded(container, path: Path, start_sec: float) -> Iterator[tuple[float, av.VideoFrame]]:
+  """(timestamp in seconds, frame) for every decoded frame, from a seek before start_sec."""
+  stream = container.streams.video[0]
+  stream.thread_type = "AUTO"
+  rate = float(stream.average_rate or stream.guessed_rate or 30.0)
+  if start_sec > 0 and stream.time_base is not None:
+    offset = int(start_sec / stream.time_base) + (stream.start_time or 0)
+    container.seek(offset, stream=stream, backward=True, any_frame=False)
+  try:
+    for i, frame in enumerate(container.decode(stream)):
+      yield (frame.time if frame.time is not None else i / rate), frame
+  except av.error.FFmpegError as e:
+    raise ValueError(f"{path}: cannot decode video ({e})") from None
+
+
+def iter_frames(path: str | os.PathLike, *, fps: float | None = None, start_sec: float = 0.0,
+                size: int | None = None, crop: bool = True) -> Iterator[np.ndarray]:
+  """Frames uint8 [H, W, 3] one by one, sampled and resized as described in the module doc."""
+  if fps is not None and fps <= 0:
+    raise ValueError(f"fps must be > 0, got {fps}")
+  path = Path(path)
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    frame_dur = 1.0 / float(stream.average_rate or stream.guessed_rate or 30.0)
+    if fps is None:
+      for t, frame in _decoded(container, path, start_sec):
+        if t >= start_sec - _EPS:
+          yield _resize(frame, size, crop)
+      return
+    k, prev, prev_rgb = 0, None, None
+    last_t = None
+    for t, frame in _decoded(container, path, start_sec):
+      while prev is not None and start_sec + k / fps < t - _EPS:
+        if prev_rgb is None:
+          prev_rgb = _resize(prev, size, crop)
+        yield prev_rgb
+        k += 1
+      prev, prev_rgb, last_t = frame, None, t
+    while prev is not None and start_sec + k / fps < last_t + frame_dur - _EPS:
+      if prev_rgb is None:
+        prev_rgb = _resize(prev, size, crop)
+      yield prev_rgb
+      k += 1
+
+
+def read_video(path: str | os.PathLike, *, num_frames: int | None = None,
+               fps: float | None = None, start_sec: float = 0.0, size: int | None = None,
+               crop: bool = True) -> np.ndarray:
+  """Decodes a video file -> uint8 [T, H, W, 3] (T = num_frames, or all frames when None).
+
+  Raises FileNotFoundError for a missing file and ValueError for an undecodable one or one too
+  short for `num_frames`.
+  """
+  frames = list(itertools.islice(
+      iter_frames(path, fps=fps, start_sec=start_sec, size=size, crop=crop), num_frames))
+  if not frames or (num_frames is not None and len(frames) < num_frames):
+    raise ValueError(f"{path}: only {len(frames)} frames from {start_sec} s at fps={fps}; "
+                     f"asked for {num_frames if num_frames is not None else 'at least 1'}")
+  return np.stack(frames)
+
+
+def iter_clips(path: str | os.PathLike, *, clip_len: int = 17, size: int = 64,
+               fps: float | None = None, stride: int | None = None,
+               max_clips: int | None = None) -> Iterator[np.ndarray]:
+  """Clips uint8 [clip_len, size, size, 3] of a video, starting every `stride` sampled frames
+  (default clip_len: consecutive, non-overlapping). Yields nothing for a too-short video."""
+  stride = clip_len if stride is None else stride
+  if clip_len < 1 or stride < 1:
+    raise ValueError(f"iter_clips: clip_len and stride must be >= 1, got {clip_len}, {stride}")
+  buf: list[np.ndarray] = []
+  next_start, count = 0, 0
+  if max_clips is not None and max_clips <= 0:
+    return
+  for i, frame in enumerate(iter_frames(path, fps=fps, size=size, crop=True)):
+    buf.append(frame)
+    del buf[:-clip_len]
+    if i - clip_len + 1 == next_start:
+      yield np.stack(buf)
+      count += 1
+      next_start += stride
+      if max_clips is not None and count >= max_clips:
+        return
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> None:
+  """Writes uint8 [T, H, W, 3] frames as H.264 mp4 (libx264, yuv420p). Odd sizes are padded to
+  even by repeating the last row/column."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+    raise ValueError(f"write_video {path}: expected uint8 [T, H, W, 3] with T >= 1, got "
+                     f"{frames.dtype} {frames.shape}")
+  _, h, w, _ = frames.shape
+  frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  with av.open(str(path), mode="w") as container:
+    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"crf": "17"}
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> None:
+  """Writes uint8 [T, H, W, 3] frames as a looping GIF."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f"write_gif {path}: expected uint8 [T, H, W, 3], got {frames.dtype} "
+                     f"{frames.shape}")
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)

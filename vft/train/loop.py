@@ -1,0 +1,198 @@
+"""`train_and_evaluate(config, workdir)`: the tokenizer training recipe, top to bottom."""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from vft import checkpoint as ckpt_lib
+from vft import flow, sharding
+from vft import metrics as metrics_lib
+from vft.data import pipeline, writer
+from vft.eval.recon import BudgetEvaluator
+from vft.models.config import TokenizerConfig
+from vft.models.tokenizer import VideoFlexTok
+from vft.models.vae import make_codec
+from vft.train import optimizer as optim_lib
+from vft.train import state as state_lib
+from vft.train.step import make_train_step
+
+
+def data_dir(config, workdir: str) -> str:
+  return config.data.dir or os.path.join(workdir, "data")
+
+
+def build_model(config, latent_shape) -> VideoFlexTok:
+  """latent_shape: [T, H, W, C] of one record; checked against config.model."""
+  mcfg = TokenizerConfig.from_config(config.model)
+  if latent_shape[-1] != mcfg.latent_channels:
+    raise ValueError(f"config.model.latent_channels={mcfg.latent_channels}, but the data has "
+                     f"latents with {latent_shape[-1]} channels (shape {list(latent_shape)})")
+  return VideoFlexTok(mcfg)
+
+
+def latent_spec(data_root: str, split: str) -> list[int]:
+  manifest = writer.read_manifest(data_root)
+  splits = manifest["splits"]
+  if split not in splits:
+    raise ValueError(f"{data_root}/manifest.json has no split {split!r}; available: "
+                     f"{sorted(splits)}")
+  return list(splits[split]["example_spec"]["latents"]["shape"])
+
+
+class Trainer:
+  """Holds the jitted step, shardings and checkpointer of one run; `run()` trains."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = sharding.rules_from_config(config.sharding_rules)
+    self.data_root = data_dir(config, workdir)
+    self.spec = latent_spec(self.data_root, config.data.train_split)
+    self.model = build_model(config, self.spec)
+    self.codec = make_codec(config.codec)
+    gbs = int(config.data.global_batch_size)
+    shards = sharding.num_batch_shards(self.mesh, self.rules)
+    if gbs % jax.process_count() or gbs % shards:
+      raise ValueError(f"config.data.global_batch_size={gbs} must be divisible by the process "
+                       f"count {jax.process_count()} and the batch shards of the mesh ({shards})")
+    self.tx = optim_lib.make_optimizer(config)
+    use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
+    self.state, self.state_sharding = state_lib.init_state(
+        self.model, self.tx, jax.random.key(config.seed), (1, *self.spec), use_ema, self.mesh,
+        self.rules)
+    self.batch_sharding = NamedSharding(
+        self.mesh, sharding.batch_sharding(self.mesh, self.rules).spec)
+    self.dataset = pipeline.make_dataset(
+        self.data_root, config.data.train_split, batch_size_per_process=gbs // jax.process_count(),
+        seed=config.seed, worker_count=config.data.worker_count)
+    self.data_iter = iter(self.dataset)
+    self.checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+        use_async=config.checkpoint.use_async)
+    self.train_step = jax.jit(
+        make_train_step(self.model, self.tx, config),
+        in_shardings=(self.state_sharding, self.batch_sharding),
+        out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+        donate_argnums=(0,))
+
+  def restore_if_any(self) -> int:
+    if self.checkpointer.latest_step() is None:
+      return 0
+    step, self.state = self.checkpointer.restore(self.state, self.data_iter)
+    metrics_lib.log("Resumed from step %d (%s)", step, self.checkpointer.directory)
+    return step
+
+  def next_batch(self) -> dict:
+    local = next(self.data_iter)
+    return pipeline.to_global_batch({"latents": local["latents"]}, self.batch_sharding)
+
+  def step(self, batch):
+    with jax.set_mesh(self.mesh):
+      self.state, metrics = self.train_step(self.state, batch)
+    return metrics
+
+  def eval_params(self):
+    return self.state.ema_params if self.state.ema_params is not None else self.state.params
+
+  def run(self, evaluator=None, eval_clips=None) -> dict:
+    """Trains to config.total_steps (resuming if a checkpoint exists). Returns last metrics."""
+    cfg = self.config
+    total = int(cfg.total_steps)
+    start = self.restore_if_any()
+    writer_ = metrics_lib.create_writer(self.workdir)
+    hooks = metrics_lib.create_progress(total, writer_)
+    if start == 0 and jax.process_index() == 0:
+      writer_.write_hparams({k: v for k, v in _flat(cfg.to_dict()).items()})
+    pending, last = None, {}
+    for step in range(start, total):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        metrics = self.step(self.next_batch())
+      if pending is not None:  # fetched one step late: the host never stalls the device
+        last = self._check(*pending)
+        if pending[0] % cfg.log_every_steps == 0:
+          writer_.write_scalars(pending[0], last)
+      pending = (step + 1, metrics)
+      for h in hooks:
+        h(step + 1)
+      done = step + 1 == total
+      if (step + 1) % cfg.checkpoint.every_steps == 0 or done:
+        last = self._check(*pending)  # never save a state whose loss is not finite
+        self.checkpointer.save(step + 1, self.state, self.data_iter)
+      if evaluator is not None and ((step + 1) % cfg.eval.every_steps == 0 or done):
+        res = evaluator(self.eval_params(), *eval_clips, budgets_for(cfg, self.model))
+        writer_.write_scalars(step + 1, {f"eval/psnr_k{k:04d}": p
+                                         for k, p in zip(res["budgets"], res["psnr"])})
+        writer_.write_scalars(step + 1, {f"eval/ssim_k{k:04d}": s
+                                         for k, s in zip(res["budgets"], res["ssim"])})
+    if pending is not None:
+      last = self._check(*pending)
+      writer_.write_scalars(pending[0], last)
+    writer_.flush()
+    self.checkpointer.wait()
+    return last
+
+  def _check(self, step: int, metrics) -> dict:
+    host = metrics_lib.to_scalars(jax.device_get(metrics))
+    if not math.isfinite(host["loss"]):
+      self.checkpointer.wait()
+      raise FloatingPointError(
+          f"non-finite loss {host['loss']} at step {step}; stopped before saving it. The last "
+          f"good checkpoint (step {self.checkpointer.latest_step()}) in "
+          f"{self.checkpointer.directory} is kept; lower the learning rate or check the data.")
+    return host
+
+  def close(self):
+    self.checkpointer.close()
+
+
+def budgets_for(config, model: VideoFlexTok) -> list[int]:
+  budgets = config.eval.budgets or flow.pow2_budgets(model.cfg.num_registers)
+  bad = [k for k in budgets if not 1 <= int(k) <= model.cfg.num_registers]
+  if bad:
+    raise ValueError(f"config.eval.budgets {list(budgets)}: budgets must lie in "
+                     f"[1, num_registers={model.cfg.num_registers}], got {bad}")
+  return [int(k) for k in budgets]
+
+
+def load_eval_clips(config, data_root: str):
+  """-> (latents [n, ...] float32, videos [n, T, H, W, 3] uint8) from the eval split."""
+  records = pipeline.load_split(data_root, config.data.eval_split, fields=("latents", "video"))
+  records = records[: int(config.eval.num_clips)]
+  if not records:
+    raise ValueError(f"eval split {config.data.eval_split!r} in {data_root} is empty")
+  if any("video" not in r for r in records):
+    raise ValueError(f"eval split {config.data.eval_split!r} records need the 'video' field")
+  lat = np.stack([np.asarray(r["latents"], np.float32) for r in records])
+  vid = np.stack([r["video"] for r in records])
+  return lat, vid
+
+
+def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
+  return BudgetEvaluator(trainer.model, trainer.codec, steps=int(config.eval.steps),
+                         guidance_scale=float(config.eval.guidance_scale),
+                         seed=int(config.eval.seed))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming), evaluating budgets periodically; returns the last train metrics."""
+  trainer = Trainer(config, workdir)
+  clips = load_eval_clips(config, trainer.data_root)
+  try:
+    return trainer.run(make_evaluator(config, trainer), clips)
+  finally:
+    trainer.close()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out

@@ -1,0 +1,45 @@
+"""The train state pytree and its sharded creation."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from vft import sharding
+from vft.models.tokenizer import VideoFlexTok, init_params
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  ema_params: Any  # None when EMA is off
+
+
+def create_state(model: VideoFlexTok, tx: optax.GradientTransformation, key: jax.Array,
+                 latent_shape, use_ema: bool, boxed: bool = False) -> TrainState:
+  params = init_params(model, key, latent_shape)
+  if not boxed:
+    params = nn.unbox(params)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None)
+
+
+def state_sharding(model, tx, latent_shape, use_ema, mesh, rules):
+  """NamedShardings of the (unboxed) TrainState from the params' logical annotations."""
+  abstract = jax.eval_shape(
+      lambda k: create_state(model, tx, k, latent_shape, use_ema, boxed=True), jax.random.key(0))
+  specs = nn.get_partition_spec(abstract)
+  return sharding.logical_to_sharding(specs, mesh, rules)
+
+
+def init_state(model, tx, key, latent_shape, use_ema, mesh, rules):
+  """Creates the state directly in its sharded layout (no host round trip)."""
+  shard = state_sharding(model, tx, latent_shape, use_ema, mesh, rules)
+  init = jax.jit(lambda k: create_state(model, tx, k, latent_shape, use_ema), out_shardings=shard)
+  return init(key), shard
