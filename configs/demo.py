@@ -12,6 +12,9 @@ def get_config(arg: str | None = None):
   c.total_steps = 600
   c.codec.spatial_factor = 8  # 17x64x64 RGB -> 5x8x8x768 latents
   c.data.global_batch_size = 16
+  c.data.prep = config_lib.ml_collections.ConfigDict(dict(
+      num_train_synthetic=512, num_eval_synthetic=8, real_clips_per_video=8,
+      eval_clips_per_video=2))
   c.model.update(dict(
       latent_channels=768, patch_size=(1, 1, 1), num_registers=16, max_latent_frames=8,
       posemb_max=16, head_dim=32, enc_width=128, enc_depth=2, dec_width=128, dec_depth=3,
@@ -23,6 +26,8 @@ def get_config(arg: str | None = None):
   if arg == "smoke":  # seconds-long variant for tests / CI
     c.total_steps = 4
     c.data.global_batch_size = 8
+    c.data.prep.update(dict(num_train_synthetic=16, num_eval_synthetic=2,
+                            real_clips_per_video=1, eval_clips_per_video=1))
     c.model.update(dict(enc_width=32, enc_depth=1, dec_width=32, dec_depth=1, num_registers=4))
     c.checkpoint.every_steps = 2
     c.log_every_steps = 1

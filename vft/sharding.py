@@ -61,9 +61,32 @@ def rules_from_config(rules: Any | None) -> tuple[tuple[str, Any], ...]:
   return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
 
 
-def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules) -> Any:
-  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules, shapes: Any = None) -> Any:
+  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`.
+
+  With `shapes` (a matching tree of arrays / ShapeDtypeStructs), a mesh axis that does not
+  divide its array dimension is dropped for that dimension (e.g. the SwiGLU width 4778 of
+  d18_d28 on a tensor axis of 4), so odd sizes replicate instead of failing.
+  """
+  shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+  if shapes is None:
+    return shardings
+  return jax.tree_util.tree_map(
+      lambda s, x: NamedSharding(mesh, fit_spec(s.spec, x.shape, mesh)), shardings, shapes,
+      is_leaf=lambda s: isinstance(s, NamedSharding))
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes from `spec` entries whose product does not divide the dimension."""
+  out = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    kept = []
+    for a in axes:
+      if dim % (int(np.prod([mesh.shape[k] for k in kept])) * mesh.shape[a]) == 0:
+        kept.append(a)
+    out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return P(*out)
 
 
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES, ndim: int = 1) -> NamedSharding:

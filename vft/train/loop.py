@@ -98,17 +98,22 @@ class Trainer:
   def eval_params(self):
     return self.state.ema_params if self.state.ema_params is not None else self.state.params
 
-  def run(self, evaluator=None, eval_clips=None) -> dict:
-    """Trains to config.total_steps (resuming if a checkpoint exists). Returns last metrics."""
+  def run(self, evaluator=None, eval_clips=None, until_step: int | None = None) -> dict:
+    """Trains to config.total_steps (resuming if a checkpoint exists). Returns last metrics.
+
+    `until_step` stops early (as an interruption would: the schedule still spans total_steps)
+    after saving a checkpoint there.
+    """
     cfg = self.config
     total = int(cfg.total_steps)
+    stop = total if until_step is None else min(int(until_step), total)
     start = self.restore_if_any()
     writer_ = metrics_lib.create_writer(self.workdir)
     hooks = metrics_lib.create_progress(total, writer_)
     if start == 0 and jax.process_index() == 0:
       writer_.write_hparams({k: v for k, v in _flat(cfg.to_dict()).items()})
     pending, last = None, {}
-    for step in range(start, total):
+    for step in range(start, stop):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         metrics = self.step(self.next_batch())
       if pending is not None:  # fetched one step late: the host never stalls the device
@@ -118,7 +123,7 @@ class Trainer:
       pending = (step + 1, metrics)
       for h in hooks:
         h(step + 1)
-      done = step + 1 == total
+      done = step + 1 == stop
       if (step + 1) % cfg.checkpoint.every_steps == 0 or done:
         last = self._check(*pending)  # never save a state whose loss is not finite
         self.checkpointer.save(step + 1, self.state, self.data_iter)

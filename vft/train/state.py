@@ -35,7 +35,7 @@ def state_sharding(model, tx, latent_shape, use_ema, mesh, rules):
   abstract = jax.eval_shape(
       lambda k: create_state(model, tx, k, latent_shape, use_ema, boxed=True), jax.random.key(0))
   specs = nn.get_partition_spec(abstract)
-  return sharding.logical_to_sharding(specs, mesh, rules)
+  return sharding.logical_to_sharding(specs, mesh, rules, shapes=nn.unbox(abstract))
 
 
 def init_state(model, tx, key, latent_shape, use_ema, mesh, rules):

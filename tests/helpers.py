@@ -1,0 +1,56 @@
+"""Shared test utilities: a tiny on-disk dataset and a tiny training config."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from vft.data import synthetic
+from vft.data.writer import ShardWriter
+from vft.models.vae import PatchCodec
+
+SIZE, FRAMES, SPATIAL = 16, 17, 4
+CODEC = PatchCodec(spatial_factor=SPATIAL)
+
+
+def write_tiny_dataset(out_dir, num_train: int = 24, num_eval: int = 2, nan_from: int | None = None):
+  """train: `num_train` synthetic clips (latents [5, 4, 4, 192] bf16); eval: with pixels.
+  `nan_from`: index from which train latents are NaN (for the non-finite-loss guard)."""
+  meta = {"codec": {"name": "patch", "spatial_factor": SPATIAL, "time_factor": 4}}
+  videos = synthetic.make_videos(range(num_train + num_eval), FRAMES, SIZE)
+  lat = np.asarray(CODEC.encode(jnp.asarray(videos, jnp.float32) / 127.5 - 1.0))
+  with ShardWriter(out_dir, "train", records_per_shard=8, meta=meta) as w:
+    for i in range(num_train):
+      x = lat[i].astype(np.float32)
+      if nan_from is not None and i >= nan_from:
+        x = np.full_like(x, np.nan)
+      w.write({"latents": x.astype(jnp.bfloat16), "video_id": f"synthetic/{i}"})
+  with ShardWriter(out_dir, "eval", records_per_shard=8, meta=meta) as w:
+    for i in range(num_train, num_train + num_eval):
+      w.write({"latents": lat[i].astype(jnp.bfloat16), "video": videos[i],
+               "video_id": f"synthetic/{i}"})
+  return out_dir
+
+
+def tiny_config(data_dir, **overrides):
+  import sys, os  # noqa: E401
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+  from configs import demo
+  c = demo.get_config("smoke")
+  c.data.dir = str(data_dir)
+  c.data.size = SIZE
+  c.codec.spatial_factor = SPATIAL
+  c.data.global_batch_size = 8
+  c.model.update(dict(latent_channels=192, num_registers=4, enc_width=32, dec_width=32,
+                      head_dim=16, enc_depth=1, dec_depth=2, posemb_max=8,
+                      attention_impl="xla"))
+  c.optim.update(dict(lr=3e-3, warmup_steps=2))
+  c.checkpoint.use_async = False
+  c.total_steps = 4
+  c.eval.every_steps = 1000
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
