@@ -228,3 +228,19 @@ def test_config_errors():
     model.apply({"params": params}, jnp.zeros((1, 3, 4, 4, 5)), method="encode")
   with pytest.raises(ValueError, match="max_latent_frames"):
     model.apply({"params": params}, jnp.zeros((1, 5, 4, 4, 8)), method="encode")
+
+
+def test_x_prediction_converts_to_velocity():
+  from vft import flow
+  model_v, params = tiny_model()
+  model_x = VideoFlexTok(TokenizerConfig(**{**TINY, "prediction": "x"}))
+  codes = fsq.ids_to_codes(jax.random.randint(jax.random.key(3), (2, 3, 6), 0, 64000))
+  x_t = jax.random.normal(jax.random.key(4), (2, 3, 4, 4, 8))
+  t = jnp.array([0.5, 0.02])
+  raw = model_v.apply({"params": params}, codes, x_t, t, method="decode")  # network output
+  v = model_x.apply({"params": params}, codes, x_t, t, method="decode")
+  np.testing.assert_allclose(np.asarray(flow.x0_from_velocity(x_t, v, t))[0],
+                             np.asarray(raw)[0], rtol=1e-5, atol=1e-5)
+  # below x_pred_t_min the division is clamped: v = (x_t - x0_hat) / 0.05
+  np.testing.assert_allclose(np.asarray(v)[1], (np.asarray(x_t - raw) / 0.05)[1], rtol=1e-5,
+                             atol=1e-4)

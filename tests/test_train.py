@@ -130,3 +130,15 @@ def test_fit_spec_drops_non_dividing_axes():
   P = jax.sharding.PartitionSpec
   assert sharding.fit_spec(P("fsdp", "tensor"), (32, 85), mesh) == P("fsdp", None)
   assert sharding.fit_spec(P(("data", "fsdp")), (6,), mesh) == P("data")
+
+
+def test_lr_multipliers_scale_matching_updates():
+  import optax
+  params = {"encoder": {"to_latents": {"kernel": jnp.ones((2, 2))}},
+            "decoder": {"head": {"kernel": jnp.ones((2, 2))}}}
+  tx = optim_lib.scale_by_path({"^encoder/": 0.1})
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(upd["encoder"]["to_latents"]["kernel"]), 0.1)
+  np.testing.assert_allclose(np.asarray(upd["decoder"]["head"]["kernel"]), 1.0)
+  del optax

@@ -32,10 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       latent_channels=16, patch_size=(1, 1, 1), num_registers=256, max_latent_frames=16,
-      posemb_max=32, register_posemb_max=None, fsq_levels=(8, 8, 8, 5, 5, 5), head_dim=64,
+      posemb_max=32, register_posemb_max=None, posemb_init_std=0.02,
+      fsq_levels=(8, 8, 8, 5, 5, 5), head_dim=64,
       enc_width=768, enc_depth=12, enc_mask="time_block_causal_last",
       dec_width=768, dec_depth=12, dec_mask="time_block_causal", adaln_expansion=2,
-      register_posemb="learnable_sum", prefix_masking=False, max_timestep=1.0,
+      register_posemb="learnable_sum", prefix_masking=False, max_timestep=1.0, prediction="v",
+      x_pred_t_min=0.05,
       repa_layer=None, repa_depth=2, repa_dim=1024,
       dtype="bfloat16", attention_impl="xla", scan=True, remat=True,
       remat_policy="nothing_saveable"))
@@ -43,11 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.repa_layer = ml_collections.FieldReference(None, field_type=int)
 
   c.train = ml_collections.ConfigDict(dict(
-      nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0))
+      nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0,
+      loss_space="v", t_logit_mean=0.0, t_logit_std=1.0))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1.124e-3, init_lr=1e-6, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.95,
       eps=1e-8, weight_decay=0.05, grad_clip=1.0, ema_decay=0.0))
+  # {param-path regex: multiplier} on the updates, e.g. {"encoder/to_latents": 0.1}
+  c.optim.lr_multipliers = ml_collections.FieldReference(None, field_type=dict)
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
   c.log_every_steps = 50

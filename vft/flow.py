@@ -22,9 +22,10 @@ def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
   return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
 
 
-def sample_t(key: jax.Array, batch: int) -> jax.Array:
-  """Logit-normal(0, 1) flow times, [B] in (0, 1)."""
-  return jax.nn.sigmoid(jax.random.normal(key, (batch,), jnp.float32))
+def sample_t(key: jax.Array, batch: int, mean: float = 0.0, std: float = 1.0) -> jax.Array:
+  """Logit-normal(mean, std) flow times, [B] in (0, 1) (the release: mean 0, std 1; a positive
+  mean puts more weight on high noise, where only the tokens tell the decoder what to draw)."""
+  return jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,), jnp.float32))
 
 
 def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
@@ -35,6 +36,11 @@ def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
 
 def velocity_target(x0: jax.Array, eps: jax.Array) -> jax.Array:
   return eps - x0
+
+
+def x0_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array) -> jax.Array:
+  """The clean latents a velocity implies: x0 = x_t - t v."""
+  return x_t - _bcast(t, x_t) * v
 
 
 def pow2_budgets(num_registers: int) -> list[int]:

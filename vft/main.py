@@ -22,7 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_conf
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, outputs).")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host; see launch/).")
+    "distributed", False, "Call jax.distributed.initialize() (multi-host; see launch/). On TPU "
+    "pods and SLURM/Kubernetes-managed GPUs the cluster is auto-detected; elsewhere pass the "
+    "three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def prep(config, workdir: str) -> dict:
@@ -50,7 +55,8 @@ def main(argv):
 
   import jax
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.set_verbosity(logging.INFO)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

@@ -21,6 +21,7 @@ class TokenizerConfig:
   max_latent_frames: int = 16
   posemb_max: int = 32  # learned 3D patch posemb table size (>= T', h, w)
   register_posemb_max: int | None = None  # decoder (t, n) table; None: max(posemb_max, N)
+  posemb_init_std: float = 0.02  # learned posemb init (trunc-normal std)
   fsq_levels: tuple[int, ...] = fsq_lib.DEFAULT_LEVELS
   head_dim: int = 64
   enc_width: int = 768
@@ -33,6 +34,12 @@ class TokenizerConfig:
   register_posemb: str = "learnable_sum"  # or "none"
   prefix_masking: bool = False  # first-frame conditioning module (decoder fine-tune)
   max_timestep: float = 1.0
+  # What the network outputs: "v" (velocity eps - x0; the release) or "x" (clean latents x0,
+  # turned into v = (x_t - x0_hat) / max(t, x_pred_t_min)). x-prediction suits codecs whose
+  # patch vectors are wider than the model (the demo's 768-d pixel patches): a v-network would
+  # have to pass the noise through a width-D bottleneck (JiT, Li & He 2025).
+  prediction: str = "v"
+  x_pred_t_min: float = 0.05
   repa_layer: int | None = None  # decoder block (0-based) whose output feeds the REPA head
   repa_depth: int = 2
   repa_dim: int = 1024
@@ -66,6 +73,8 @@ class TokenizerConfig:
       bad("register_posemb", f"{self.register_posemb!r} is not 'learnable_sum' or 'none'")
     if self.repa_layer is not None and not 0 <= self.repa_layer < self.dec_depth:
       bad("repa_layer", f"{self.repa_layer} outside [0, dec_depth={self.dec_depth})")
+    if self.prediction not in ("v", "x"):
+      bad("prediction", f"{self.prediction!r} is not 'v' or 'x'")
     if self.adaln_expansion not in (1, 2):
       bad("adaln_expansion", f"must be 1 or 2, got {self.adaln_expansion}")
     fsq_lib.codebook_size(self.fsq_levels)

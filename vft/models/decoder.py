@@ -79,7 +79,7 @@ class Decoder(nn.Module):
         codes.astype(jnp.float32))
     if cfg.register_posemb == "learnable_sum":
       regs = LearnedPosEmb(2, cfg.register_posemb_max or max(cfg.posemb_max, cfg.num_registers),
-                           name="registers_posemb")(regs)
+                           cfg.posemb_init_std, name="registers_posemb")(regs)
     mask_token = _token(self, "nested_dropout_token", dim)
     if keep_k is not None:
       keep = jnp.arange(n)[None, None, :, None] < jnp.asarray(keep_k)[:, None, None, None]
@@ -97,7 +97,7 @@ class Decoder(nn.Module):
     # Patch branch.
     x = PatchEmbed(dim, cfg.patch_size, cfg.compute_dtype, name="patch_emb")(
         x_t.astype(jnp.float32))
-    x = LearnedPosEmb(3, cfg.posemb_max, name="posemb")(x.astype(jnp.float32))
+    x = LearnedPosEmb(3, cfg.posemb_max, cfg.posemb_init_std, name="posemb")(x.astype(jnp.float32))
     _, tp, h, w, _ = x.shape
     if tp != tf:
       raise ValueError(f"decoder: codes have {tf} latent frames, x_t has {tp} (after patching)")

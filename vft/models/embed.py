@@ -55,6 +55,7 @@ class LearnedPosEmb(nn.Module):
   """
   num_axes: int
   max_size: int
+  init_std: float = 0.02
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,7 +66,8 @@ class LearnedPosEmb(nn.Module):
     if max(grid) > self.max_size:
       raise ValueError(f"posemb: grid {tuple(grid)} exceeds the table size {self.max_size} "
                        f"(config.model.posemb_max)")
-    table = self.param("posembs", nn.with_logical_partitioning(trunc02, (None, None, "embed")),
+    init = nn.initializers.truncated_normal(self.init_std)
+    table = self.param("posembs", nn.with_logical_partitioning(init, (None, None, "embed")),
                        (self.num_axes, self.max_size, dim))
     tabs = [table[k, :s] for k, s in enumerate(grid)]
     if self.num_axes == 3:

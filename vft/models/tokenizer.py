@@ -28,9 +28,18 @@ class VideoFlexTok(nn.Module):
     return codes, fsq.codes_to_ids(jax.lax.stop_gradient(codes), self.cfg.fsq_levels)
 
   def decode(self, codes, x_t, t, keep_k=None, null_cond=None, prefix_len=None, with_repa=False):
-    """See `Decoder.__call__`."""
-    return self.decoder(codes, x_t, t, keep_k=keep_k, null_cond=null_cond,
-                        prefix_len=prefix_len, with_repa=with_repa)
+    """Predicted velocity v ~ eps - x0 [B,T,H,W,C] (and REPA features). See `Decoder.__call__`.
+
+    With `prediction="x"` the network's output is read as x0 and converted to a velocity.
+    """
+    out = self.decoder(codes, x_t, t, keep_k=keep_k, null_cond=null_cond,
+                       prefix_len=prefix_len, with_repa=with_repa)
+    if self.cfg.prediction == "v":
+      return out
+    x0_hat, repa = out if with_repa else (out, None)
+    tb = jnp.maximum(t.astype(jnp.float32), self.cfg.x_pred_t_min).reshape((-1,) + (1,) * 4)
+    v = (x_t.astype(jnp.float32) - x0_hat) / tb
+    return (v, repa) if with_repa else v
 
   def __call__(self, latents: jax.Array, x_t: jax.Array, t: jax.Array):
     """Full forward used for initialisation: -> (v, repa)."""

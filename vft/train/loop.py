@@ -12,6 +12,7 @@ from vft import checkpoint as ckpt_lib
 from vft import flow, sharding
 from vft import metrics as metrics_lib
 from vft.data import pipeline, writer
+from vft.eval import report
 from vft.eval.recon import BudgetEvaluator
 from vft.models.config import TokenizerConfig
 from vft.models.tokenizer import VideoFlexTok
@@ -133,6 +134,9 @@ class Trainer:
                                          for k, p in zip(res["budgets"], res["psnr"])})
         writer_.write_scalars(step + 1, {f"eval/ssim_k{k:04d}": s
                                          for k, s in zip(res["budgets"], res["ssim"])})
+        grid = report.budget_grid(eval_clips[1], res["recons"],
+                                  labels=["orig"] + [str(k) for k in res["budgets"]])
+        writer_.write_images(step + 1, {"eval/recon_grid_middle_frame": grid[None, len(grid) // 2]})
     if pending is not None:
       last = self._check(*pending)
       writer_.write_scalars(pending[0], last)

@@ -2,6 +2,8 @@
 matrices only, and an optional parameter EMA."""
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,6 +25,36 @@ def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def scale_by_path(multipliers: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of every parameter whose path ("encoder/to_latents/kernel")
+  matches a regex key by its value (per-module learning-rate multipliers)."""
+  rules = [(re.compile(k), float(v)) for k, v in (multipliers or {}).items()]
+
+  def factor(path) -> float:
+    name = _path_str(path)
+    for rx, mult in rules:
+      if rx.search(name):
+        return mult
+    return 1.0
+
+  def update_fn(updates, state, params=None):
+    del params
+    updates = jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates)
+    return updates, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _as_dict(m) -> dict:
+  if m is None:
+    return {}
+  return m.to_dict() if hasattr(m, "to_dict") else dict(m)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
   o = cfg.optim
   return optax.chain(
@@ -30,6 +62,7 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
       optax.adamw(learning_rate_schedule(cfg), b1=float(o.b1), b2=float(o.b2),
                   eps=float(o.get("eps", 1e-8)), weight_decay=float(o.weight_decay),
                   mask=_decay_mask),
+      scale_by_path(_as_dict(o.get("lr_multipliers", None))),
   )
 
 

@@ -19,13 +19,17 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
   t_cfg = cfg.train
   repa_weight = float(t_cfg.get("repa_weight", 0.0))
   use_repa = mcfg.repa_layer is not None and repa_weight > 0
+  loss_space = t_cfg.get("loss_space", "v")
+  if loss_space not in ("v", "x"):
+    raise ValueError(f"config.train.loss_space: {loss_space!r} is not 'v' or 'x'")
 
   def loss_fn(params, batch, key):
     x0 = batch["latents"].astype(jnp.float32)
     b = x0.shape[0]
     k_t, k_eps, k_keep, k_null = jax.random.split(key, 4)
     codes, _ = model.apply({"params": params}, x0, method="encode")
-    t = flow.sample_t(k_t, b)
+    t = flow.sample_t(k_t, b, float(t_cfg.get("t_logit_mean", 0.0)),
+                      float(t_cfg.get("t_logit_std", 1.0)))
     eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
     x_t = flow.add_noise(x0, eps, t)
     keep_k = flow.sample_keep_k(k_keep, b, mcfg.num_registers, t_cfg.nested_dropout_mode)
@@ -34,7 +38,10 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
     out = model.apply({"params": params}, codes, x_t, t, keep_k=keep_k, null_cond=null,
                       prefix_len=prefix, with_repa=use_repa, method="decode")
     v, repa = out if use_repa else (out, None)
-    loss_flow = flow.flow_loss(v, flow.velocity_target(x0, eps))
+    if loss_space == "v":
+      loss_flow = flow.flow_loss(v, flow.velocity_target(x0, eps))
+    else:  # compare the implied clean latents x0_hat = x_t - t v: weights all t equally
+      loss_flow = flow.flow_loss(flow.x0_from_velocity(x_t, v, t), x0)
     aux = {"flow_loss": loss_flow}
     loss = loss_flow
     if use_repa:

@@ -1,0 +1,125 @@
+"""Train-step benchmark: step time, tokens/s and model-FLOPs utilisation (MFU).
+
+MFU is measured against a matmul peak measured in the same run on the same devices (f32, and
+bf16 with f32 accumulation), so the ratio is meaningful on a noisy shared machine. Model FLOPs
+come from XLA's cost analysis of the compiled step (forward + backward, including remat
+recomputation, so it is an upper bound on "useful" FLOPs).
+
+  python benchmarks/train_step.py                 # demo + d12 (small batch)
+  python benchmarks/train_step.py --configs=demo --steps=10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from vft import sharding  # noqa: E402
+from vft.models.config import TokenizerConfig  # noqa: E402
+from vft.models.tokenizer import VideoFlexTok  # noqa: E402
+from vft.train import optimizer as optim_lib  # noqa: E402
+from vft.train import state as state_lib  # noqa: E402
+from vft.train.step import make_train_step  # noqa: E402
+
+
+def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
+  """FLOP/s of an n^3 matmul (f32 accumulation), median of `reps` timed runs."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / statistics.median(times)
+
+
+def load_config(name: str):
+  import importlib
+  spec = {"demo": ("configs.demo", None), "d12": ("configs.tokenizer_d12_d12", "small_batch")}
+  mod, arg = spec[name]
+  cfg = importlib.import_module(mod).get_config(arg)
+  if name == "d12":
+    cfg.data.global_batch_size = 1
+  return cfg
+
+
+def latent_shape(cfg) -> tuple[int, ...]:
+  t = 1 + (cfg.data.clip_len - 1) // 4
+  s = cfg.data.size // cfg.codec.spatial_factor
+  return (t, s, s, cfg.model.latent_channels)
+
+
+def bench(name: str, steps: int, dtype: str | None) -> dict:
+  cfg = load_config(name)
+  if dtype:
+    cfg.model.dtype = dtype
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  model = VideoFlexTok(TokenizerConfig.from_config(cfg.model))
+  tx = optim_lib.make_optimizer(cfg)
+  spec = latent_shape(cfg)
+  state, shard = state_lib.init_state(model, tx, jax.random.key(0), (1, *spec), False, mesh,
+                                      sharding.DEFAULT_RULES)
+  bs = int(cfg.data.global_batch_size)
+  bsh = sharding.batch_sharding(mesh)
+  batch = {"latents": jax.device_put(
+      jax.random.normal(jax.random.key(1), (bs, *spec), jnp.float32).astype(jnp.bfloat16), bsh)}
+  step = jax.jit(make_train_step(model, tx, cfg), in_shardings=(shard, bsh),
+                 out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=(0,))
+  with jax.set_mesh(mesh):
+    compiled = step.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0))
+    state, m = compiled(state, batch)  # warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      state, m = compiled(state, batch)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t0)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  t_med = statistics.median(times)
+  h = w = spec[1] // cfg.model.patch_size[1]
+  tokens = bs * spec[0] * (h * w + cfg.model.num_registers) * 2  # encoder + decoder sequences
+  return dict(config=name, dtype=cfg.model.dtype, batch=bs, params_m=n_params / 1e6,
+              step_s=t_med, step_s_min=min(times), tokens_per_s=tokens / t_med,
+              gflop_per_step=flops / 1e9, achieved_gflops=flops / t_med / 1e9)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--configs", default="demo,d12")
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--dtype", default=None, help="override config.model.dtype")
+  args = ap.parse_args()
+  dev = jax.devices()[0]
+  print(f"# devices: {jax.device_count()} x {dev.platform} ({dev.device_kind}); jax {jax.__version__}")
+  peak32 = matmul_peak(jnp.float32)
+  peak16 = matmul_peak(jnp.bfloat16)
+  print(f"matmul peak (measured, 2048^3): f32 {peak32 / 1e9:.1f} GFLOP/s, "
+        f"bf16->f32 {peak16 / 1e9:.1f} GFLOP/s")
+  print("| config | dtype | batch | params (M) | step (s, median) | tokens/s | GFLOP/step | "
+        "achieved GFLOP/s | MFU vs same-dtype peak |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name in args.configs.split(","):
+    r = bench(name, args.steps, args.dtype)
+    peak = peak16 if r["dtype"] == "bfloat16" else peak32
+    print(f"| {r['config']} | {r['dtype']} | {r['batch']} | {r['params_m']:.1f} | "
+          f"{r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['gflop_per_step']:.1f} | "
+          f"{r['achieved_gflops']:.1f} | {100 * r['achieved_gflops'] * 1e9 / peak:.1f}% |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
