@@ -22,11 +22,7 @@ def restore_eval_params(config, workdir: str, model, spec):
   rules = sharding.rules_from_config(config.sharding_rules)
   tx = optim_lib.make_optimizer(config)
   use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
-  shard = state_lib.state_sharding(model, tx, (1, *spec), use_ema, mesh, rules)
-  abstract = jax.eval_shape(
-      lambda k: state_lib.create_state(model, tx, k, (1, *spec), use_ema), jax.random.key(0))
-  abstract = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard)
+  abstract = state_lib.abstract_state(model, tx, (1, *spec), use_ema, mesh, rules)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), use_async=False)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint under {ckpt.directory}; train first (`vft train`)")

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vft import flow
 from vft.models import fsq
 from vft.models.config import TokenizerConfig
 from vft.models.decoder import Decoder
@@ -67,8 +68,6 @@ def sample_latents(model: VideoFlexTok, params, codes: jax.Array, noise: jax.Arr
   Pure function of its inputs: jit it with `steps`/`guidance` static; keep_k is traced, so
   changing the budget does not recompile.
   """
-  from vft import flow  # local import: flow does not depend on models
-
   guidance = guidance or flow.Guidance()
   b = codes.shape[0]
 

@@ -6,7 +6,6 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
 
 from vft import checkpoint as ckpt_lib
 from vft import flow, sharding
@@ -65,11 +64,12 @@ class Trainer:
     self.state, self.state_sharding = state_lib.init_state(
         self.model, self.tx, jax.random.key(config.seed), (1, *self.spec), use_ema, self.mesh,
         self.rules)
-    self.batch_sharding = NamedSharding(
-        self.mesh, sharding.batch_sharding(self.mesh, self.rules).spec)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     self.dataset = pipeline.make_dataset(
         self.data_root, config.data.train_split, batch_size_per_process=gbs // jax.process_count(),
-        seed=config.seed, worker_count=config.data.worker_count)
+        seed=config.seed, worker_count=config.data.worker_count,
+        fields=("latents", "repa") if float(config.train.get("repa_weight", 0.0)) > 0
+        else ("latents",))
     self.data_iter = iter(self.dataset)
     self.checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
@@ -89,7 +89,7 @@ class Trainer:
 
   def next_batch(self) -> dict:
     local = next(self.data_iter)
-    return pipeline.to_global_batch({"latents": local["latents"]}, self.batch_sharding)
+    return pipeline.to_global_batch(local, self.batch_sharding)
 
   def step(self, batch):
     with jax.set_mesh(self.mesh):

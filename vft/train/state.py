@@ -30,12 +30,21 @@ def create_state(model: VideoFlexTok, tx: optax.GradientTransformation, key: jax
       ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None)
 
 
-def state_sharding(model, tx, latent_shape, use_ema, mesh, rules):
-  """NamedShardings of the (unboxed) TrainState from the params' logical annotations."""
-  abstract = jax.eval_shape(
+def abstract_state(model, tx, latent_shape, use_ema, mesh, rules):
+  """The (unboxed) TrainState as jax.ShapeDtypeStructs carrying the NamedShardings derived from
+  the params' logical annotations; nothing is allocated."""
+  boxed = jax.eval_shape(
       lambda k: create_state(model, tx, k, latent_shape, use_ema, boxed=True), jax.random.key(0))
-  specs = nn.get_partition_spec(abstract)
-  return sharding.logical_to_sharding(specs, mesh, rules, shapes=nn.unbox(abstract))
+  shapes = nn.unbox(boxed)
+  shard = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules, shapes=shapes)
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shard)
+
+
+def state_sharding(model, tx, latent_shape, use_ema, mesh, rules):
+  """NamedShardings of the (unboxed) TrainState."""
+  return jax.tree_util.tree_map(
+      lambda a: a.sharding, abstract_state(model, tx, latent_shape, use_ema, mesh, rules))
 
 
 def init_state(model, tx, key, latent_shape, use_ema, mesh, rules):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from vft import flow
-from vft.models.tokenizer import VideoFlexTok, sample_latents
+from vft.models.tokenizer import VideoFlexTok
 from vft.train.optimizer import ema_update
 from vft.train.state import TrainState
 
@@ -76,16 +76,3 @@ def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg) 
 
   return train_step
 
-
-def make_reconstruct_fn(model: VideoFlexTok, steps: int, guidance=None) -> Callable:
-  """reconstruct(params, latents [B,...], keep_k [B], noise [B,...]) -> latents [B,...].
-
-  Tokenises the latents (encoder + FSQ) and renders them back from the first keep_k tokens
-  of every latent frame.
-  """
-
-  def reconstruct(params, latents, keep_k, noise):
-    codes, _ = model.apply({"params": params}, latents.astype(jnp.float32), method="encode")
-    return sample_latents(model, params, codes, noise, steps, keep_k=keep_k, guidance=guidance)
-
-  return reconstruct
