@@ -1,5 +1,4 @@
 """Training: loss decreases, sharded == single device, checkpoints, exact resume, guards."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +132,6 @@ def test_fit_spec_drops_non_dividing_axes():
 
 
 def test_lr_multipliers_scale_matching_updates():
-  import optax
   params = {"encoder": {"to_latents": {"kernel": jnp.ones((2, 2))}},
             "decoder": {"head": {"kernel": jnp.ones((2, 2))}}}
   tx = optim_lib.scale_by_path({"^encoder/": 0.1})
@@ -141,4 +139,3 @@ def test_lr_multipliers_scale_matching_updates():
   upd, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(np.asarray(upd["encoder"]["to_latents"]["kernel"]), 0.1)
   np.testing.assert_allclose(np.asarray(upd["decoder"]["head"]["kernel"]), 1.0)
-  del optax

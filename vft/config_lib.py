@@ -61,3 +61,31 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=1000, num_clips=8, steps=25, budgets=ml_collections.FieldReference(
           None, field_type=list), guidance_scale=1.0, seed=1234))
   return c
+
+
+def paper_tokenizer_config(*, size: int, patch_size: tuple[int, int, int], enc_width: int,
+                           enc_depth: int, dec_width: int, dec_depth: int, batch_size: int,
+                           train_tokens: float, warmup_tokens: float = 4e9
+                           ) -> ml_collections.ConfigDict:
+  """The settings the paper's Table 5 tokenizers share: 17-frame clips through VidTok
+  (vidtok_kl_causal_488_16chn, 16 channels, 8x spatial / 4x temporal), 256 registers per latent
+  frame, time-causal decoder, REPA after decoder layer 1 (depth-2 head, DINOv2-L width 1024),
+  training length and warmup given in tokens (latent patch positions)."""
+  c = base_config()
+  c.codec = ml_collections.ConfigDict(
+      {"name": "vidtok", "tokenizer_id": "vidtok_kl_causal_488_16chn", "spatial_factor": 8,
+       "time_factor": 4})
+  c.data.global_batch_size = batch_size
+  c.data.clip_len = 17
+  c.data.size = size
+  c.model.update(dict(
+      latent_channels=16, patch_size=patch_size, num_registers=256, enc_width=enc_width,
+      enc_depth=enc_depth, dec_width=dec_width, dec_depth=dec_depth,
+      dec_mask="time_block_causal", repa_layer=1, repa_depth=2, repa_dim=1024))
+  c.train.repa_weight = 1.0
+  latent = size // 8
+  tokens_per_sample = (1 + (c.data.clip_len - 1) // 4) * (latent // patch_size[1]) * (
+      latent // patch_size[2])
+  c.total_steps = tokens_to_steps(train_tokens, batch_size, tokens_per_sample)
+  c.optim.warmup_steps = tokens_to_steps(warmup_tokens, batch_size, tokens_per_sample)
+  return c

@@ -70,13 +70,12 @@ def _draw_centered(draw: ImageDraw.ImageDraw, text: str, box_x: int, box_w: int,
   draw.text((x, y), text, fill=(0, 0, 0), font=font)
 
 
-def _check_video_batch(x: Any, name: str) -> np.ndarray:
-  """Returns `x` as uint8 `[n, T, H, W, 3]` or raises ValueError naming it."""
+def _check_uint8_video(x: Any, name: str, layout: str) -> np.ndarray:
+  """Returns `x` as uint8 with the given layout ("[n, T, H, W, 3]" or "[T, H, W, 3]") and no
+  empty axis, or raises ValueError naming it."""
   x = np.asarray(x)
-  if x.dtype != np.uint8 or x.ndim != 5 or x.shape[-1] != 3:
-    raise ValueError(
-        f"{name} must be uint8 [n, T, H, W, 3]; got dtype {x.dtype}, "
-        f"shape {x.shape}")
+  if x.dtype != np.uint8 or x.ndim != layout.count(",") + 1 or x.shape[-1] != 3:
+    raise ValueError(f"{name} must be uint8 {layout}; got dtype {x.dtype}, shape {x.shape}")
   if 0 in x.shape:
     raise ValueError(f"{name} must not have an empty axis; got shape {x.shape}")
   return x
@@ -103,8 +102,9 @@ def budget_grid(originals: np.ndarray, recons: Sequence[np.ndarray], *,
   Returns:
     uint8 `[T, H', W', 3]`.
   """
-  originals = _check_video_batch(originals, "originals")
-  recons = [_check_video_batch(r, f"recons[{j}]") for j, r in enumerate(recons)]
+  originals = _check_uint8_video(originals, "originals", "[n, T, H, W, 3]")
+  recons = [_check_uint8_video(r, f"recons[{j}]", "[n, T, H, W, 3]")
+            for j, r in enumerate(recons)]
   for j, r in enumerate(recons):
     if r.shape != originals.shape:
       raise ValueError(
@@ -165,18 +165,6 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
       os.remove(tmp)
 
 
-def _check_frames(frames: Any) -> np.ndarray:
-  """Returns `frames` as uint8 `[T, H, W, 3]` with T >= 1 or raises."""
-  frames = np.asarray(frames)
-  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-    raise ValueError(
-        f"frames must be uint8 [T, H, W, 3]; got dtype {frames.dtype}, "
-        f"shape {frames.shape}")
-  if 0 in frames.shape:
-    raise ValueError(f"frames must not have an empty axis; got {frames.shape}")
-  return frames
-
-
 def _check_fps(fps: float) -> fractions.Fraction:
   if not fps > 0:
     raise ValueError(f"fps must be > 0; got {fps!r}")
@@ -197,7 +185,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray,
   """
   import av  # Local: only the writers need PyAV.
 
-  frames = _check_frames(frames)
+  frames = _check_uint8_video(frames, "frames", "[T, H, W, 3]")
   rate = _check_fps(fps)
   _, h, w, _ = frames.shape
   frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -229,7 +217,7 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray,
   """
   import imageio.v3 as iio  # Local: only the writers need imageio.
 
-  frames = _check_frames(frames)
+  frames = _check_uint8_video(frames, "frames", "[T, H, W, 3]")
   _check_fps(fps)
   with _atomic_path(path) as tmp:
     iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)

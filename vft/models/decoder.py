@@ -103,11 +103,8 @@ class Decoder(nn.Module):
       raise ValueError(f"decoder: codes have {tf} latent frames, x_t has {tp} (after patching)")
     temb = TimestepEmbedder(dim, cfg.max_timestep, name="time_embedder")(t)
     seq = sharding.constrain(interleave(x, regs), ("batch", "length", "embed"))
-    segments = None
-    if cfg.adaln_expansion == 2:
-      segments = (0,) * (h * w) + (1,) * n
-    else:
-      segments = (0,) * (h * w + n)
+    # adaLN segment of every slot: patches 0, registers 1 (E = 2) or all 0 (E = 1).
+    segments = (0,) * (h * w) + (cfg.adaln_expansion - 1,) * n
     mask = masks.make_mask(cfg.dec_mask, tf, h * w, n)
     capture = cfg.repa_layer if with_repa else None
     seq, captured = Transformer(
