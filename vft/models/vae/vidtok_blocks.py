@@ -1,0 +1,194 @@
+"""Building blocks of the VidTok causal VAE (`vidtok_kl_causal_488_16chn`), channels-last.
+
+Every activation is a video `x [B, T, H, W, C]`. Time is causal: a time convolution sees only
+the current and earlier frames (zero frames are padded in front, none at the back). Spatial
+convolutions run per frame, temporal ones per pixel, LayerNorms (eps 1e-6, affine) per
+(t, h, w) position over the channels, and the mid attention per frame over its h*w positions.
+
+Parameters (our names; `vft/convert/vidtok_weights.py` maps them to the official ones):
+  CausalConv3d / CausalConv1d: kernel [kt, kh, kw, I, O] / [k, I, O], bias [O]
+  nn.Conv (per-frame 2D):      kernel [kh, kw, I, O], bias [O]
+  nn.Dense (1x1 convs):        kernel [I, O], bias [O]
+  nn.LayerNorm:                scale [C], bias [C]
+  Time{Down,Up}sample:         mix_factor [1] (mixing weight sigmoid(mix_factor))
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_DN = ("NDHWC", "DHWIO", "NDHWC")
+# torch's Conv default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+  """Affine LayerNorm over channels, two-pass variance, computed in float32."""
+  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)
+
+
+def _conv3d(x: jax.Array, kernel: jax.Array, bias: jax.Array, time_stride: int,
+            dtype: Dtype) -> jax.Array:
+  y = jax.lax.conv_general_dilated(
+      x.astype(dtype), kernel.astype(dtype), (time_stride, 1, 1), "VALID",
+      dimension_numbers=_DN)
+  return y + bias.astype(dtype)
+
+
+class CausalConv3d(nn.Module):
+  """[B, T, H, W, I] -> [B, T', H, W, O]: zero-pad (kt - 1) + (1 - stride) frames in front and
+  (k - 1) pixels split floor/ceil around H and W (the reference uses the height kernel size for
+  the width as well), then a VALID 3D convolution with stride (time_stride, 1, 1)."""
+  features: int
+  kernel_size: tuple[int, int, int] = (3, 3, 3)
+  time_stride: int = 1
+  dtype: Dtype = jnp.float32
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    init = nn.initializers.zeros if self.zero_init else conv_init
+    kernel = self.param("kernel", init, (kt, kh, kw, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    time_pad = (kt - 1) + (1 - self.time_stride)
+    space_pad = kh - 1
+    pad_hw = (space_pad // 2, space_pad - space_pad // 2)
+    x = jnp.pad(x, ((0, 0), (time_pad, 0), pad_hw, pad_hw, (0, 0)))
+    return _conv3d(x, kernel, bias, self.time_stride, self.dtype)
+
+
+class CausalConv1d(nn.Module):
+  """Per-pixel causal time convolution: [B, T, H, W, I] -> [B, T, H, W, O], k - 1 zero frames in
+  front. Kernel [k, I, O]."""
+  features: int
+  kernel_size: int = 3
+  dtype: Dtype = jnp.float32
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    init = nn.initializers.zeros if self.zero_init else conv_init
+    kernel = self.param("kernel", init, (k, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0), (0, 0), (0, 0)))
+    return _conv3d(x, kernel[:, None, None], bias, 1, self.dtype)
+
+
+def conv2d(features: int, dtype: Dtype, name: str, strides: int = 1,
+           padding: Any = ((1, 1), (1, 1))) -> nn.Conv:
+  """Per-frame 3x3 convolution (leading [B, T] are batch dims), zero padding 1 by default."""
+  return nn.Conv(features, (3, 3), strides=strides, padding=padding, dtype=dtype,
+                 kernel_init=conv_init, name=name)
+
+
+def dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
+  """A 1x1(x1) convolution."""
+  return nn.Dense(features, dtype=dtype, kernel_init=conv_init, name=name)
+
+
+class ResBlock(nn.Module):
+  """x + conv2(SiLU(LN2(conv1(SiLU(LN1(x)))))) with a 1x1 shortcut when the width changes.
+
+  kind: "spatial" (3x3 per frame), "temporal" (causal k=3 per pixel; conv2 zero-initialised as in
+  the reference) or "3d" (causal 3x3x3, the mid blocks). [B, T, H, W, I] -> [B, T, H, W, O].
+  """
+  features: int
+  kind: str
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  def _conv(self, name: str, zero_init: bool = False):
+    if self.kind == "spatial":
+      return conv2d(self.features, self.dtype, name)
+    if self.kind == "temporal":
+      return CausalConv1d(self.features, 3, self.dtype, zero_init=zero_init, name=name)
+    if self.kind == "3d":
+      return CausalConv3d(self.features, (3, 3, 3), 1, self.dtype, name=name)
+    raise ValueError(f"ResBlock.kind: {self.kind!r}; expected 'spatial', 'temporal' or '3d'")
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.silu(layer_norm(self.eps, "norm1")(x))
+    h = self._conv("conv1")(h)
+    h = nn.silu(layer_norm(self.eps, "norm2")(h))
+    h = self._conv("conv2", zero_init=self.kind == "temporal")(h)
+    if x.shape[-1] != self.features:
+      x = dense(self.features, self.dtype, "shortcut")(x)
+    return (x + h).astype(jnp.float32)
+
+
+class SpaceTimeBlock(nn.Module):
+  """A per-frame spatial ResBlock (I -> O) followed by a per-pixel temporal one (O -> O)."""
+  features: int
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = ResBlock(self.features, "spatial", self.eps, self.dtype, name="spatial")(x)
+    return ResBlock(self.features, "temporal", self.eps, self.dtype, name="temporal")(x)
+
+
+class FrameAttention(nn.Module):
+  """Single-head self-attention within each frame over its h*w positions, scale 1/sqrt(C):
+  x + proj_out(attn(LN(x))). [B, T, H, W, C] -> same."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, hh, ww, c = x.shape
+    h = layer_norm(self.eps, "norm")(x)
+    q, k, v = (dense(c, self.dtype, n)(h).reshape(b, t, hh * ww, c) for n in ("q", "k", "v"))
+    logits = jnp.einsum("btqc,btkc->btqk", q, k).astype(jnp.float32) / jnp.sqrt(c)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    h = jnp.einsum("btqk,btkc->btqc", probs, v).reshape(b, t, hh, ww, c)
+    return (x + dense(c, self.dtype, "proj_out")(h)).astype(jnp.float32)
+
+
+def downsample2d(x: jax.Array, dtype: Dtype, name: str) -> jax.Array:
+  """Per-frame x1/2: zero-pad one row at the bottom and one column at the right, then a VALID
+  3x3 convolution with stride 2. [B, T, H, W, C] -> [B, T, H/2, W/2, C] (H, W even)."""
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))
+  return conv2d(x.shape[-1], dtype, name, strides=2, padding="VALID")(x)
+
+
+def upsample2d(x: jax.Array, dtype: Dtype, name: str) -> jax.Array:
+  """Per-frame nearest x2, then a 3x3 convolution. [B, T, H, W, C] -> [B, T, 2H, 2W, C]."""
+  x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+  return conv2d(x.shape[-1], dtype, name)(x)
+
+
+class TimeDownsample(nn.Module):
+  """Causal x1/2 in time: a * avgpool3(pad1(x), stride 2) + (1 - a) * causal_conv3x3x3(x, stride
+  (2,1,1)), a = sigmoid(mix_factor). [B, T, H, W, C] -> [B, floor(T/2), H, W, C]."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mix = self.param("mix_factor", nn.initializers.constant(2.0), (1,))
+    alpha = jax.nn.sigmoid(mix.astype(jnp.float32))
+    xp = jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))
+    pooled = nn.avg_pool(xp, (3, 1, 1), strides=(2, 1, 1), padding="VALID")
+    conv = CausalConv3d(x.shape[-1], (3, 3, 3), 2, self.dtype, name="conv")(x)
+    return alpha * pooled.astype(jnp.float32) + (1 - alpha) * conv.astype(jnp.float32)
+
+
+class TimeUpsample(nn.Module):
+  """x2 in time: every frame repeated twice, then a * x + (1 - a) * causal_conv3x3x3(x),
+  a = sigmoid(mix_factor). [B, T, H, W, C] -> [B, 2T, H, W, C]."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mix = self.param("mix_factor", nn.initializers.constant(2.0), (1,))
+    alpha = jax.nn.sigmoid(mix.astype(jnp.float32))
+    x = jnp.repeat(x, 2, axis=1)
+    conv = CausalConv3d(x.shape[-1], (3, 3, 3), 1, self.dtype, name="conv")(x)
+    return alpha * x.astype(jnp.float32) + (1 - alpha) * conv.astype(jnp.float32)
