@@ -11,6 +11,11 @@ from vft.models.masks import MASK_MODES
 from vft.models.transformer import ATTENTION_IMPLS, REMAT_POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The decoder's register-branch operations; `register_order` lists them in execution order (the
+# release's configs fix the order in their module_dict; absent modules are skipped).
+REGISTER_OPS = ("posemb", "nested_dropout", "prefix_mask", "null_cond")
+PATCH_POSEMBS = ("learnable_sum", "learnable_prod")
+REGISTER_POSEMBS = ("learnable_sum", "learnable_prod", "sincos", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +25,11 @@ class TokenizerConfig:
   num_registers: int = 256
   max_latent_frames: int = 16
   posemb_max: int = 32  # learned 3D patch posemb table size (>= T', h, w)
+  dec_posemb_max: int | None = None  # the decoder's 3D patch posemb table; None: posemb_max
+  patch_posemb: str = "learnable_sum"  # or "learnable_prod" (3D patch posembs: sum/product)
   register_posemb_max: int | None = None  # decoder (t, n) table; None: max(posemb_max, N)
+  # sincos register posemb: a fixed table [T_max, N_max, D]; None: (max_latent_frames, N)
+  register_posemb_shape: tuple[int, int] | None = None
   posemb_init_std: float = 0.02  # learned posemb init (trunc-normal std)
   fsq_levels: tuple[int, ...] = fsq_lib.DEFAULT_LEVELS
   head_dim: int = 64
@@ -31,8 +40,9 @@ class TokenizerConfig:
   dec_depth: int = 12
   dec_mask: str = "time_block_causal"
   adaln_expansion: int = 2
-  register_posemb: str = "learnable_sum"  # or "none"
+  register_posemb: str = "learnable_sum"  # "learnable_prod", "sincos" or "none"
   prefix_masking: bool = False  # first-frame conditioning module (decoder fine-tune)
+  register_order: tuple[str, ...] = REGISTER_OPS  # execution order of the register-branch ops
   max_timestep: float = 1.0
   # What the network outputs: "v" (velocity eps - x0; the release) or "x" (clean latents x0,
   # turned into v = (x_t - x0_hat) / max(t, x_pred_t_min)). x-prediction suits codecs whose
@@ -69,8 +79,14 @@ class TokenizerConfig:
       bad("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"{self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
-    if self.register_posemb not in ("learnable_sum", "none"):
-      bad("register_posemb", f"{self.register_posemb!r} is not 'learnable_sum' or 'none'")
+    if self.register_posemb not in REGISTER_POSEMBS:
+      bad("register_posemb", f"{self.register_posemb!r} is not one of {REGISTER_POSEMBS}")
+    if self.patch_posemb not in PATCH_POSEMBS:
+      bad("patch_posemb", f"{self.patch_posemb!r} is not one of {PATCH_POSEMBS}")
+    if sorted(self.register_order) != sorted(REGISTER_OPS):
+      bad("register_order", f"{self.register_order} must order exactly {REGISTER_OPS}")
+    if self.register_posemb_shape is not None and len(self.register_posemb_shape) != 2:
+      bad("register_posemb_shape", f"expected (T_max, N_max), got {self.register_posemb_shape}")
     if self.repa_layer is not None and not 0 <= self.repa_layer < self.dec_depth:
       bad("repa_layer", f"{self.repa_layer} outside [0, dec_depth={self.dec_depth})")
     if self.prediction not in ("v", "x"):
@@ -95,7 +111,9 @@ class TokenizerConfig:
     unknown = sorted(set(d) - fields)
     if unknown:
       raise ValueError(f"config.model: unknown fields {unknown}; known: {sorted(fields)}")
-    for k in ("patch_size", "fsq_levels"):
-      if k in d:
+    for k in ("patch_size", "fsq_levels", "register_posemb_shape"):
+      if d.get(k) is not None:
         d[k] = tuple(int(v) for v in d[k])
+    if d.get("register_order") is not None:
+      d["register_order"] = tuple(str(v) for v in d["register_order"])
     return cls(**d)

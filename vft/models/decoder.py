@@ -3,10 +3,11 @@
 Register branch: codes [B,T,N,d] -> Linear(d -> D) -> 2D posemb over (t, n) -> nested-dropout
 mask token for registers >= keep_k (one k per sample, all frames) -> optional prefix-mask token
 for the first `prefix_len` frames -> learned null condition for the whole register tensor
-(CFG's unconditional branch). Patch branch: noisy latents x_t [B,T,H,W,C] -> patch embed + 3D
-posemb. Interleave per frame, adaLN trunk (E=2: patches / registers modulated separately) with
-the configured mask, then the patch tokens -> LN -> adaLN(shift, scale) -> Linear -> unpatchify:
-the predicted velocity v ~ eps - x0, [B,T,H,W,C].
+(CFG's unconditional branch). That is the default `register_order`; an imported release
+config may order these four ops differently. Patch branch: noisy latents x_t [B,T,H,W,C] ->
+patch embed + 3D posemb. Interleave per frame, adaLN trunk (E=2: patches / registers modulated
+separately) with the configured mask, then the patch tokens -> LN -> adaLN(shift, scale) ->
+Linear -> unpatchify: the predicted velocity v ~ eps - x0, [B,T,H,W,C].
 
 REPA head: decoder patch tokens after block `repa_layer` -> depth-2 trunk (time-causal over
 frames of patch tokens) -> Linear(D -> F, no bias) -> [B, T', h, w, F].
@@ -20,9 +21,13 @@ import jax.numpy as jnp
 from vft import sharding
 from vft.models import masks
 from vft.models.config import TokenizerConfig
-from vft.models.embed import LearnedPosEmb, PatchEmbed, TimestepEmbedder, trunc02, unpatchify
+from vft.models.embed import (LearnedPosEmb, PatchEmbed, TablePosEmb, TimestepEmbedder, trunc02,
+                              unpatchify)
 from vft.models.encoder import interleave, split_frames
 from vft.models.transformer import Transformer, dense_init, layer_norm, mlp_hidden_dim
+
+
+_COMBINE = {"learnable_sum": "sum", "learnable_prod": "prod"}
 
 
 def _token(module: nn.Module, name: str, dim: int) -> jax.Array:
@@ -51,6 +56,18 @@ class RepaHead(nn.Module):
 class Decoder(nn.Module):
   cfg: TokenizerConfig
 
+  def _register_posemb(self, regs: jax.Array) -> jax.Array:
+    """regs [B, T, N, D] + the (t, n) posemb of `cfg.register_posemb` (identity for "none")."""
+    cfg = self.cfg
+    if cfg.register_posemb == "none":
+      return regs
+    if cfg.register_posemb == "sincos":
+      rows, cols = cfg.register_posemb_shape or (cfg.max_latent_frames, cfg.num_registers)
+      return TablePosEmb(rows, cols, name="registers_posemb")(regs)
+    size = cfg.register_posemb_max or max(cfg.posemb_max, cfg.num_registers)
+    return LearnedPosEmb(2, size, cfg.posemb_init_std, combine=_COMBINE[cfg.register_posemb],
+                         name="registers_posemb")(regs)
+
   @nn.compact
   def __call__(self, codes: jax.Array, x_t: jax.Array, t: jax.Array,
                keep_k: jax.Array | None = None, null_cond: jax.Array | None = None,
@@ -74,30 +91,33 @@ class Decoder(nn.Module):
     if n != cfg.num_registers:
       raise ValueError(f"decoder: codes have {n} registers per frame, the model has "
                        f"{cfg.num_registers}")
-    # Register branch.
+    # Register branch: Linear, then the ops of `cfg.register_order` (absent ones skipped).
     regs = nn.Dense(dim, kernel_init=dense_init((None, "embed")), name="from_latents")(
         codes.astype(jnp.float32))
-    if cfg.register_posemb == "learnable_sum":
-      regs = LearnedPosEmb(2, cfg.register_posemb_max or max(cfg.posemb_max, cfg.num_registers),
-                           cfg.posemb_init_std, name="registers_posemb")(regs)
-    mask_token = _token(self, "nested_dropout_token", dim)
-    if keep_k is not None:
-      keep = jnp.arange(n)[None, None, :, None] < jnp.asarray(keep_k)[:, None, None, None]
-      regs = jnp.where(keep, regs, mask_token)
-    if cfg.prefix_masking:
-      prefix_token = _token(self, "prefix_mask_token", dim)
-      if prefix_len is not None:
-        pre = jnp.arange(tf)[None, :, None, None] < jnp.asarray(prefix_len)[:, None, None, None]
-        regs = jnp.where(pre, prefix_token, regs)
-    elif prefix_len is not None:
+    if prefix_len is not None and not cfg.prefix_masking:
       raise ValueError("decoder: prefix_len given but config.model.prefix_masking is False")
-    null_token = _token(self, "null_cond", dim)
-    if null_cond is not None:
-      regs = jnp.where(jnp.asarray(null_cond)[:, None, None, None], null_token, regs)
+    for op in cfg.register_order:
+      if op == "posemb":
+        regs = self._register_posemb(regs)
+      elif op == "nested_dropout":
+        mask_token = _token(self, "nested_dropout_token", dim)
+        if keep_k is not None:
+          keep = jnp.arange(n)[None, None, :, None] < jnp.asarray(keep_k)[:, None, None, None]
+          regs = jnp.where(keep, regs, mask_token)
+      elif op == "prefix_mask" and cfg.prefix_masking:
+        prefix_token = _token(self, "prefix_mask_token", dim)
+        if prefix_len is not None:
+          pre = jnp.arange(tf)[None, :, None, None] < jnp.asarray(prefix_len)[:, None, None, None]
+          regs = jnp.where(pre, prefix_token, regs)
+      elif op == "null_cond":
+        null_token = _token(self, "null_cond", dim)
+        if null_cond is not None:
+          regs = jnp.where(jnp.asarray(null_cond)[:, None, None, None], null_token, regs)
     # Patch branch.
     x = PatchEmbed(dim, cfg.patch_size, cfg.compute_dtype, name="patch_emb")(
         x_t.astype(jnp.float32))
-    x = LearnedPosEmb(3, cfg.posemb_max, cfg.posemb_init_std, name="posemb")(x.astype(jnp.float32))
+    x = LearnedPosEmb(3, cfg.dec_posemb_max or cfg.posemb_max, cfg.posemb_init_std,
+                      combine=_COMBINE[cfg.patch_posemb], name="posemb")(x.astype(jnp.float32))
     _, tp, h, w, _ = x.shape
     if tp != tf:
       raise ValueError(f"decoder: codes have {tf} latent frames, x_t has {tp} (after patching)")

@@ -48,14 +48,16 @@ class PatchEmbed(nn.Module):
 
 
 class LearnedPosEmb(nn.Module):
-  """Additive learned positional embedding, `learnable_sum` over n axes.
+  """Additive learned positional embedding, factorised over n axes (`learnable_sum` / `_prod`).
 
   Parameter `posembs` [n_axes, max_size, D]; for a grid (s_0, ..., s_{n-1}) the embedding of
-  position (i_0, ...) is sum_k posembs[k, i_k] (3D: (E1[h] + E2[w]) + E0[t], the release's order).
+  position (i_0, ...) is posembs[0, i_0] (+) ... (+) posembs[n-1, i_{n-1}], (+) = sum or product
+  (3D: (E1[h] (+) E2[w]) (+) E0[t], the release's order).
   """
   num_axes: int
   max_size: int
   init_std: float = 0.02
+  combine: str = "sum"  # "sum" (learnable_sum) or "prod" (learnable_prod)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -66,17 +68,60 @@ class LearnedPosEmb(nn.Module):
     if max(grid) > self.max_size:
       raise ValueError(f"posemb: grid {tuple(grid)} exceeds the table size {self.max_size} "
                        f"(config.model.posemb_max)")
+    if self.combine not in ("sum", "prod"):
+      raise ValueError(f"posemb: combine must be 'sum' or 'prod', got {self.combine!r}")
+    op = jnp.add if self.combine == "sum" else jnp.multiply
     init = nn.initializers.truncated_normal(self.init_std)
     table = self.param("posembs", nn.with_logical_partitioning(init, (None, None, "embed")),
                        (self.num_axes, self.max_size, dim))
     tabs = [table[k, :s] for k, s in enumerate(grid)]
     if self.num_axes == 3:
-      emb = (tabs[1][:, None] + tabs[2][None, :])[None] + tabs[0][:, None, None]
+      emb = op(op(tabs[1][:, None], tabs[2][None, :])[None], tabs[0][:, None, None])
     else:
       emb = tabs[0]
       for k in range(1, self.num_axes):
-        emb = emb[..., None, :] + tabs[k].reshape((1,) * k + (grid[k], dim))
+        emb = op(emb[..., None, :], tabs[k].reshape((1,) * k + (grid[k], dim)))
     return x + emb.astype(x.dtype)[None]
+
+
+def sincos_2d_table(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+  """The release's fixed 2D sin-cos table [rows, cols, D] (MoCo-v3 style), quirk included.
+
+  Position (a, b) has flat index n = a * cols + b and is embedded as grid point (i, j) =
+  (n // rows, n % rows): channels [sin(i w), cos(i w), sin(j w), cos(j w)],
+  w_k = temperature^(-k / (D/4)). For rows == cols this is (i, j) = (a, b); otherwise the grid is
+  scrambled exactly as in the reference.
+  """
+  if dim % 4:
+    raise ValueError(f"sincos posemb: dim {dim} is not a multiple of 4")
+  n = np.arange(rows * cols)
+  i, j = (n // rows).astype(np.float64), (n % rows).astype(np.float64)
+  omega = 1.0 / temperature ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+  oi, oj = i[:, None] * omega[None], j[:, None] * omega[None]
+  table = np.concatenate([np.sin(oi), np.cos(oi), np.sin(oj), np.cos(oj)], axis=1)
+  return table.reshape(rows, cols, dim).astype(np.float32)
+
+
+class TablePosEmb(nn.Module):
+  """A 2D positional table `posembs` [rows, cols, D] cropped to the grid and added.
+
+  Initialised with the release's fixed sin-cos table; like the release (requires_grad=False) it
+  receives no gradient.
+  """
+  rows: int
+  cols: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [B, s_0, s_1, D] -> x + posembs[:s_0, :s_1]."""
+    s0, s1 = x.shape[1:3]
+    if x.ndim != 4 or s0 > self.rows or s1 > self.cols:
+      raise ValueError(f"sincos posemb: input {tuple(x.shape)} does not fit the table "
+                       f"[{self.rows}, {self.cols}] (config.model.register_posemb_shape)")
+    init = lambda key, shape: jnp.asarray(sincos_2d_table(*shape))  # noqa: E731
+    table = self.param("posembs", nn.with_logical_partitioning(init, (None, None, "embed")),
+                       (self.rows, self.cols, x.shape[-1]))
+    return x + jax.lax.stop_gradient(table[:s0, :s1]).astype(x.dtype)[None]
 
 
 class Registers(nn.Module):

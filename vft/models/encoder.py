@@ -44,7 +44,9 @@ class Encoder(nn.Module):
     dim = cfg.enc_width
     x = PatchEmbed(dim, cfg.patch_size, cfg.compute_dtype, name="patch_emb")(
         latents.astype(jnp.float32))
-    x = LearnedPosEmb(3, cfg.posemb_max, cfg.posemb_init_std, name="posemb")(x.astype(jnp.float32))
+    x = LearnedPosEmb(3, cfg.posemb_max, cfg.posemb_init_std,
+                      combine="prod" if cfg.patch_posemb == "learnable_prod" else "sum",
+                      name="posemb")(x.astype(jnp.float32))
     b, t, h, w, _ = x.shape
     regs = Registers(cfg.max_latent_frames, cfg.num_registers, dim, name="registers")(b, t)
     seq = sharding.constrain(interleave(x, regs), ("batch", "length", "embed"))
