@@ -66,12 +66,13 @@ def codec_meta(codec) -> dict[str, Any]:
           "time_factor": int(codec.time_factor), "latent_channels": int(codec.latent_channels)}
 
 
-def _encode_batches(encode: Callable[[jax.Array], jax.Array], items: Sequence[Any],
+def _encode_batches(encode: Callable[[jax.Array, int], jax.Array], items: Sequence[Any],
                     pixels_of: Callable[[Any], np.ndarray], batch_size: int,
                     pbar: tqdm) -> Iterable[tuple[Any, np.ndarray, np.ndarray]]:
   """Yields (item, pixels uint8 [T, H, W, 3], latents bfloat16 [T', h, w, C]) per item.
 
-  `encode`: video [B, T, H, W, 3] float32 in [-1, 1] -> latents [B, T', h, w, C] bfloat16.
+  `encode(video, batch_index)`: video [B, T, H, W, 3] float32 in [-1, 1] -> latents
+  [B, T', h, w, C] bfloat16.
   """
   for start in range(0, len(items), batch_size):
     chunk = items[start:start + batch_size]
@@ -79,7 +80,7 @@ def _encode_batches(encode: Callable[[jax.Array], jax.Array], items: Sequence[An
     video = pixels.astype(np.float32) / 127.5 - 1.0
     if len(chunk) < batch_size:  # pad so every batch has one shape: one compilation
       video = np.concatenate([video, np.repeat(video[-1:], batch_size - len(chunk), axis=0)])
-    latents = np.asarray(encode(jnp.asarray(video)))[:len(chunk)]
+    latents = np.asarray(encode(jnp.asarray(video), start // batch_size))[:len(chunk)]
     for item, px, lat in zip(chunk, pixels, latents):
       yield item, px, lat
     pbar.update(len(chunk))
@@ -172,7 +173,11 @@ def prep_demo_dataset(
     kind, vid, video_seed = item
     return make_video(video_seed, clip_len, size) if kind == "synthetic" else real[vid]
 
-  encode = jax.jit(lambda v: codec.encode(v).astype(jnp.bfloat16))
+  # Not wrapped in an outer jit: a learned codec (VidTok) jits itself with its params as
+  # arguments; sampled posteriors draw from fold_in(key(seed), batch index).
+  prep_key = jax.random.key(seed)
+  encode = lambda v, i: codec.encode(v, jax.random.fold_in(prep_key, i)).astype(  # noqa: E731
+      jnp.bfloat16)
   common = {"codec": codec_meta(codec), "clip_len": clip_len, "size": size, "fps": fps,
             "seed": seed, "prep_args": prep_args}
   with tqdm(total=len(train_items) + len(eval_items), desc="prep demo dataset",
