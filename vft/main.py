@@ -6,6 +6,11 @@ Commands:
   eval   reconstruct held-out clips at every token budget; write videos, plot, metrics.json
   demo   prep -> train -> eval (the default of configs/demo.py)
 Without a command, `config.job` is run.
+
+Inference (no --config; --model is an official .safetensors file or one of our workdirs):
+  vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
+  vft detokenize --model=M --input=clip.npz --output=recon.mp4 [--keep_k=1,16,256 --steps=30
+                 --guidance_scale=20 --apg --seed=0]   (several keep_k also write a grid mp4)
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = ("prep", "train", "eval", "demo")
+INFERENCE_COMMANDS = ("tokenize", "detokenize")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
                                           lock_config=True)
@@ -28,6 +34,26 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+# tokenize / detokenize
+_MODEL = flags.DEFINE_string(
+    "model", None, "Official .safetensors checkpoint (or a folder with model.safetensors and "
+    "config.json), or a vft workdir. detokenize defaults to the one recorded in the .npz.")
+_INPUT = flags.DEFINE_string("input", None, "tokenize: a video file; detokenize: a .npz.")
+_OUTPUT = flags.DEFINE_string("output", None, "tokenize: .npz to write; detokenize: .mp4.")
+_KEEP_K = flags.DEFINE_list("keep_k", [], "Tokens kept per latent frame; several values render "
+                            "every budget and write a grid (default: all tokens).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Euler steps of the flow decoder.")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance (1 = off).")
+_APG = flags.DEFINE_bool("apg", False, "Adaptive projected guidance instead of plain CFG.")
+_APG_ETA = flags.DEFINE_float("apg_eta", 0.0, "APG: weight of the parallel component.")
+_APG_MOMENTUM = flags.DEFINE_float("apg_momentum", 0.0, "APG: momentum.")
+_APG_THRESHOLD = flags.DEFINE_float("apg_norm_threshold", 0.6, "APG: norm threshold.")
+_FPS = flags.DEFINE_float("fps", None, "tokenize: sampling rate (default: the model's, or 8).")
+_SIZE = flags.DEFINE_integer("size", None, "tokenize: frame size (default: the model's).")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "tokenize: frames to sample (17 + 16k; "
+                                   "default from --fps and the duration).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the posterior samples and the flow noise.")
+_GRID = flags.DEFINE_string("grid", None, "detokenize: grid mp4 path (several --keep_k).")
 
 
 def prep(config, workdir: str) -> dict:
@@ -40,9 +66,35 @@ def prep(config, workdir: str) -> dict:
       size=int(config.data.size), seed=int(config.seed), **dict(config.data.get("prep", {})))
 
 
+def inference(command: str) -> None:
+  """vft tokenize / detokenize (flags only, no config)."""
+  from vft.inference import cli
+  if not _INPUT.value or not _OUTPUT.value:
+    raise app.UsageError(f"vft {command} needs --input and --output")
+  if command == "tokenize":
+    if not _MODEL.value:
+      raise app.UsageError("vft tokenize needs --model (official .safetensors or a workdir)")
+    res = cli.tokenize_file(_MODEL.value, _INPUT.value, _OUTPUT.value, fps=_FPS.value,
+                            size=_SIZE.value, num_frames=_NUM_FRAMES.value, seed=_SEED.value)
+  else:
+    try:
+      keep_k = [int(k) for k in _KEEP_K.value]
+    except ValueError:
+      raise app.UsageError(f"--keep_k: expected integers, got {_KEEP_K.value}") from None
+    res = cli.detokenize_file(
+        _MODEL.value, _INPUT.value, _OUTPUT.value, keep_k=keep_k or [None], steps=_STEPS.value,
+        guidance_scale=_GUIDANCE.value, apg=_APG.value, eta=_APG_ETA.value,
+        momentum=_APG_MOMENTUM.value, norm_threshold=_APG_THRESHOLD.value, seed=_SEED.value,
+        grid=_GRID.value)
+  print(cli.dumps(res))
+
+
 def main(argv):
   if len(argv) > 2:
-    raise app.UsageError(f"too many positional arguments: {argv[1:]}; one command of {COMMANDS}")
+    raise app.UsageError(f"too many positional arguments: {argv[1:]}; one command of "
+                         f"{COMMANDS + INFERENCE_COMMANDS}")
+  if len(argv) > 1 and argv[1] in INFERENCE_COMMANDS:
+    return inference(argv[1])
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
@@ -51,7 +103,8 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   command = argv[1] if len(argv) > 1 else config.job
   if command not in COMMANDS:
-    raise app.UsageError(f"unknown command {command!r}; expected one of {COMMANDS}")
+    raise app.UsageError(f"unknown command {command!r}; expected one of "
+                         f"{COMMANDS + INFERENCE_COMMANDS}")
 
   import jax
   if _DISTRIBUTED.value:

@@ -5,6 +5,8 @@ source frame on screen then (the last frame whose timestamp is <= that time); wi
 decoded frame from start_sec on is returned. Resizing: the short side is scaled to `size` with
 bicubic interpolation (FFmpeg swscale, which low-pass filters when shrinking), then the centre
 size x size square is cropped (crop=True) or the aspect ratio kept (crop=False).
+`read_video_uniform` samples like the official `read_mp4` instead: a given number of frames
+spread evenly over the whole video (np.linspace indices).
 """
 from __future__ import annotations
 
@@ -189,3 +191,42 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> No
                      f"{frames.shape}")
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def uniform_indices(total: int, num: int) -> np.ndarray:
+  """`num` frame indices spread evenly over [0, total - 1]: np.linspace truncated to ints (the
+  official `read_mp4` sampling)."""
+  if total < 1 or num < 1:
+    raise ValueError(f"uniform_indices: need total >= 1 and num >= 1, got {total}, {num}")
+  return np.linspace(0, total - 1, num, dtype=np.int32)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+  """Number of video frames, counted from the demuxed packets (no decoding)."""
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    return sum(1 for p in container.demux(stream) if p.size)
+
+
+def read_video_uniform(path: str | os.PathLike, num_frames: int, *, size: int | None = None,
+                       crop: bool = True) -> np.ndarray:
+  """`num_frames` frames sampled uniformly over the whole video (`uniform_indices`), resized
+  as `iter_frames` does -> uint8 [num_frames, H, W, 3]. Only the picked frames are resized and
+  kept, so long videos cost no more memory than the result."""
+  path = Path(path)
+  total = probe_video(path).num_frames or count_frames(path)
+  for _ in range(2):  # a second pass when the header's frame count was wrong
+    idx = uniform_indices(total, num_frames)
+    pick = set(idx.tolist())
+    wanted: dict[int, np.ndarray] = {}
+    n = 0
+    with _open(path) as container:
+      for n, (_, frame) in enumerate(_decoded(container, path, 0.0), start=1):
+        if n - 1 in pick:
+          wanted[n - 1] = _resize(frame, size, crop)
+    if n == total or n == 0:
+      break
+    total = n
+  if n == 0:
+    raise ValueError(f"{path}: no decodable frames")
+  return np.stack([wanted[i] for i in idx])
