@@ -7,6 +7,9 @@ Commands:
   demo   prep -> train -> eval (the default of configs/demo.py)
 Without a command, `config.job` is run.
 
+Dataset prep at scale (vft/data/cli.py), evaluation of any checkpoint and FVD between folders
+(vft/eval/cli.py): see those modules and the README.
+
 Inference (no --config; --model is an official .safetensors file or one of our workdirs):
   vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
   vft detokenize --model=M --input=clip.npz --output=recon.mp4 [--keep_k=1,16,256 --steps=30
@@ -20,6 +23,11 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# Command modules that define their own flags (absl flags must exist before parsing; these
+# modules import nothing heavy at the top).
+from vft.data import cli as data_cli
+from vft.eval import cli as eval_cli
 
 COMMANDS = ("prep", "train", "eval", "demo")
 INFERENCE_COMMANDS = ("tokenize", "detokenize")
@@ -90,11 +98,17 @@ def inference(command: str) -> None:
 
 
 def main(argv):
+  if len(argv) > 1 and argv[1] == "fvd":  # positional folders
+    return eval_cli.fvd_main(argv[2:])
   if len(argv) > 2:
     raise app.UsageError(f"too many positional arguments: {argv[1:]}; one command of "
                          f"{COMMANDS + INFERENCE_COMMANDS}")
   if len(argv) > 1 and argv[1] in INFERENCE_COMMANDS:
     return inference(argv[1])
+  if len(argv) > 1 and argv[1] == "prep" and data_cli.standalone_requested():
+    return data_cli.prep_main(_CONFIG.value, _INPUT.value, _OUTPUT.value)
+  if len(argv) > 1 and argv[1] == "eval" and eval_cli.standalone_requested():
+    return eval_cli.eval_main(_CONFIG.value)
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")

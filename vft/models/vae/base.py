@@ -33,7 +33,12 @@ class VideoCodec(Protocol):
   latent_channels: int
 
   def encode(self, video: jax.Array, key: jax.Array | None = None) -> jax.Array:
-    """[B, T, H, W, 3] in [-1, 1] -> latents [B, T', H/s, W/s, C]."""
+    """[B, T, H, W, 3] in [-1, 1] -> latents [B, T', H/s, W/s, C].
+
+    A codec with a sampled posterior (VidTok) draws its noise from `key`; it also takes
+    keyword-only `eps=` (injected noise, for parity with a reference) and `mode=True` (the
+    deterministic posterior mean). Exact codecs ignore `key`.
+    """
 
   def decode(self, latents: jax.Array) -> jax.Array:
     """latents [B, T', h, w, C] -> video [B, 1 + (T'-1)*time_factor, h*s, w*s, 3]."""
