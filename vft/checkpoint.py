@@ -9,9 +9,52 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory {directory}")
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True), item_names=("state", "data"))
+
+
+def state_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
+  """The saved train state's tree (leaves with .shape / .dtype; None where the state had None)
+  of the checkpoint `step` (None: latest) under `directory` (<workdir>/checkpoints), read
+  without restoring anything. -> (step, tree)."""
+  manager = _read_only_manager(os.path.abspath(directory))
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    step = max(steps) if step is None else int(step)
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; it has {steps}")
+  finally:
+    manager.close()
+  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_state_path(directory, step)))
+  return step, dict(getattr(tree, "tree", tree))
+
+
+def _state_path(directory: str, step: int) -> str:
+  path = os.path.join(os.path.abspath(directory), str(step), "state")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no train state at {path}")
+  return path
+
+
+def restore_state_subtree(directory: str, step: int, target: Any) -> Any:
+  """Restores only the parts of a saved train state named by `target` (a nested dict such as
+  {"params": {...}} of jax.ShapeDtypeStruct with shardings), straight into those shardings."""
+  path = _state_path(directory, step)
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
 
 
 class Checkpointer:

@@ -2,6 +2,9 @@
 starts from `base_config()` and overrides fields)."""
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -19,7 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None: defaults
 
-  c.codec = ml_collections.ConfigDict({"name": "patch", "spatial_factor": 8, "time_factor": 4})
+  c.codec = ml_collections.ConfigDict(
+      {"name": "patch", "spatial_factor": 8, "time_factor": 4, "pool": 1})
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # "" -> <workdir>/data
@@ -47,12 +51,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0,
       loss_space="v", t_logit_mean=0.0, t_logit_std=1.0))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
+  # Regex over parameter paths ("decoder/transformer/blocks_0/attn/wq/kernel"): only matching
+  # parameters get gradients and optimizer state; the rest are frozen. "" trains everything.
+  c.train.trainable_params = ""
+  # First-frame conditioning (decoder fine-tune): with probability `prob` per sample the first
+  # `prefix_len` latent frames of x_t are clean (or, with probability `noise_prob`, noised at
+  # sigma ~ U(sigma_min, sigma_max)), their registers get the prefix-mask token and the loss
+  # skips them. Needs model.prefix_masking.
+  c.train.frame_cond = ml_collections.ConfigDict(dict(
+      prob=0.0, prefix_len=1, noise_prob=0.5, sigma_min=0.0, sigma_max=0.02))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1.124e-3, init_lr=1e-6, warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.95,
       eps=1e-8, weight_decay=0.05, grad_clip=1.0, ema_decay=0.0))
   # {param-path regex: multiplier} on the updates, e.g. {"encoder/to_latents": 0.1}
   c.optim.lr_multipliers = ml_collections.FieldReference(None, field_type=dict)
+
+  # Initial parameters (a later stage): a workdir of ours (its config.json + latest orbax
+  # checkpoint, EMA params if present and use_ema) or an official safetensors file. Parameters
+  # the source lacks (e.g. the prefix-mask token) keep their fresh initialisation; both are
+  # reported in <workdir>/init_report.json. Ignored once the run has its own checkpoint.
+  c.init = ml_collections.ConfigDict(dict(workdir="", official="", use_ema=True))
+  c.init.step = ml_collections.FieldReference(None, field_type=int)  # None: latest
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
   c.log_every_steps = 50
@@ -89,3 +109,35 @@ def paper_tokenizer_config(*, size: int, patch_size: tuple[int, int, int], enc_w
   c.total_steps = tokens_to_steps(train_tokens, batch_size, tokens_per_sample)
   c.optim.warmup_steps = tokens_to_steps(warmup_tokens, batch_size, tokens_per_sample)
   return c
+
+
+def decoder_finetune_config(stage1: ml_collections.ConfigDict, *, init_workdir: str = "",
+                            init_official: str = "", cond_prob: float = 0.5
+                            ) -> ml_collections.ConfigDict:
+  """The paper's second stage from a stage-1 config: the encoder frozen (no gradient, no
+  optimizer state), the decoder attention switched to `full`, the prefix-mask token added and
+  first-frame conditioning on (prefix 1 latent frame; a small noise level sigma ~ U(0, 0.02) on
+  the condition with probability 0.5, as the release's PrefixMinRFNoiseModule). Its data dir
+  follows `init.workdir` (<init.workdir>/data) unless set."""
+  c = ml_collections.ConfigDict(stage1.to_dict(preserve_field_references=True))
+  c.job = "train"
+  c.model.update(dict(dec_mask="full", prefix_masking=True))
+  c.train.trainable_params = "^decoder/"
+  c.train.frame_cond.update(dict(prob=float(cond_prob), prefix_len=1, noise_prob=0.5,
+                                 sigma_min=0.0, sigma_max=0.02))
+  c.init.workdir = ml_collections.FieldReference(init_workdir, field_type=str)
+  c.init.official = init_official
+  if not c.data.dir and init_workdir:
+    c.data.dir = c.init.get_ref("workdir") + "/data"
+  return c
+
+
+def sibling_config(this_file: str, name: str, arg: str | None = None
+                   ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `name` next to `this_file` (configs are loaded by
+  path, so `configs` need not be importable)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+  spec = importlib.util.spec_from_file_location(f"_vft_config_{name.removesuffix('.py')}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the tokenizer training recipe, top to bottom."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -16,6 +17,7 @@ from vft.eval.recon import BudgetEvaluator
 from vft.models.config import TokenizerConfig
 from vft.models.tokenizer import VideoFlexTok
 from vft.models.vae import make_codec
+from vft.train import init_from
 from vft.train import optimizer as optim_lib
 from vft.train import state as state_lib
 from vft.train.step import make_train_step
@@ -60,6 +62,16 @@ class Trainer:
       raise ValueError(f"config.data.global_batch_size={gbs} must be divisible by the process "
                        f"count {jax.process_count()} and the batch shards of the mesh ({shards})")
     self.tx = optim_lib.make_optimizer(config)
+    step_fn = make_train_step(self.model, self.tx, config)  # validates config.train
+    self.checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+        use_async=config.checkpoint.use_async)
+    if self.checkpointer.latest_step() is None:  # fail fast, before anything is compiled
+      try:
+        init_from.check(config, workdir, self.model.cfg)
+      except Exception:
+        self.checkpointer.close()
+        raise
     use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
     self.state, self.state_sharding = state_lib.init_state(
         self.model, self.tx, jax.random.key(config.seed), (1, *self.spec), use_ema, self.mesh,
@@ -71,14 +83,31 @@ class Trainer:
         fields=("latents", "repa") if float(config.train.get("repa_weight", 0.0)) > 0
         else ("latents",))
     self.data_iter = iter(self.dataset)
-    self.checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-        use_async=config.checkpoint.use_async)
+    self.init_report = None
+    if self.checkpointer.latest_step() is None:  # a fresh run: start from config.init if set
+      self._initialize_from_source()
     self.train_step = jax.jit(
-        make_train_step(self.model, self.tx, config),
+        step_fn,
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
         donate_argnums=(0,))
+
+  def _initialize_from_source(self) -> None:
+    """Loads `config.init` (a stage-1 workdir or an official file) into params (and EMA)."""
+    if init_from.source(self.config) is None:
+      return
+    params, report = init_from.initial_params(self.config, self.state.params, self.model.cfg)
+    copy = lambda tree: jax.tree_util.tree_map(lambda x: x.copy(), tree)  # noqa: E731
+    self.state = self.state.replace(
+        params=params, ema_params=None if self.state.ema_params is None else copy(params))
+    self.init_report = report
+    metrics_lib.log("Initialised from %s (%s, step %s): %d arrays loaded; freshly initialised: "
+                    "%s; skipped: %s", report.source, report.subtree, report.step, report.loaded,
+                    report.initialised, report.skipped)
+    if jax.process_index() == 0:
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, "init_report.json"), "w") as f:
+        json.dump(report.to_json(), f, indent=1)
 
   def restore_if_any(self) -> int:
     if self.checkpointer.latest_step() is None:

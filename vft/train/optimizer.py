@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vft.train import partition
+
 
 def learning_rate_schedule(cfg) -> optax.Schedule:
   """`config.optim`: lr, warmup_steps, init_lr, end_lr_factor; `config.total_steps`."""
@@ -56,14 +58,18 @@ def _as_dict(m) -> dict:
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
+  """With `config.train.trainable_params` the optimizer sees (and keeps state for) only the
+  trainable subtree (`partition.only_trainable`)."""
   o = cfg.optim
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(float(o.grad_clip)),
       optax.adamw(learning_rate_schedule(cfg), b1=float(o.b1), b2=float(o.b2),
                   eps=float(o.get("eps", 1e-8)), weight_decay=float(o.weight_decay),
                   mask=_decay_mask),
       scale_by_path(_as_dict(o.get("lr_multipliers", None))),
   )
+  pred = partition.trainable_predicate(cfg)
+  return tx if pred is None else partition.only_trainable(tx, pred)
 
 
 def ema_update(ema, params, decay: float):

@@ -9,12 +9,28 @@ import optax
 
 from vft import flow
 from vft.models.tokenizer import VideoFlexTok
+from vft.train import frame_cond as frame_cond_lib
+from vft.train import partition
 from vft.train.optimizer import ema_update
 from vft.train.state import TrainState
 
 
+def flow_objective(v, x0, eps, x_t, t, loss_space: str, frame_mask=None):
+  """The flow loss of a predicted velocity v [B, T, H, W, C]: MSE on v ("v") or on the implied
+  clean latents x0_hat = x_t - t v ("x"); frame_mask [B, T] (1 = counts) skips conditioned
+  frames."""
+  if loss_space == "v":
+    return flow.flow_loss(v, flow.velocity_target(x0, eps), frame_mask)
+  return flow.flow_loss(flow.x0_from_velocity(x_t, v, t), x0, frame_mask)
+
+
 def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
-  """loss(params, batch, key) -> (loss, aux metrics). batch['latents'] [B, T, H, W, C]."""
+  """loss(params, batch, key) -> (loss, aux metrics). batch['latents'] [B, T, H, W, C].
+
+  With a frozen encoder (`config.train.trainable_params` not matching it) the codes are
+  stop-gradient; with `config.train.frame_cond.prob > 0` first frames are conditions
+  (`vft.train.frame_cond`).
+  """
   mcfg = model.cfg
   t_cfg = cfg.train
   repa_weight = float(t_cfg.get("repa_weight", 0.0))
@@ -22,12 +38,23 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
   loss_space = t_cfg.get("loss_space", "v")
   if loss_space not in ("v", "x"):
     raise ValueError(f"config.train.loss_space: {loss_space!r} is not 'v' or 'x'")
+  pred = partition.trainable_predicate(cfg)
+  fc = frame_cond_lib.FrameCond.from_config(cfg)
+  if fc.enabled and not mcfg.prefix_masking:
+    raise ValueError("config.train.frame_cond.prob > 0 needs config.model.prefix_masking=True "
+                     "(the prefix-mask token replaces the conditioned frames' registers)")
+  if fc.enabled and fc.prefix_len >= mcfg.max_latent_frames:
+    raise ValueError(f"config.train.frame_cond.prefix_len={fc.prefix_len} must be below "
+                     f"config.model.max_latent_frames={mcfg.max_latent_frames}")
 
   def loss_fn(params, batch, key):
     x0 = batch["latents"].astype(jnp.float32)
     b = x0.shape[0]
-    k_t, k_eps, k_keep, k_null = jax.random.split(key, 4)
+    keys = jax.random.split(key, 5 if fc.enabled else 4)
+    k_t, k_eps, k_keep, k_null = keys[:4]
     codes, _ = model.apply({"params": params}, x0, method="encode")
+    if pred is not None and not partition.select({"encoder": params["encoder"]}, pred):
+      codes = jax.lax.stop_gradient(codes)
     t = flow.sample_t(k_t, b, float(t_cfg.get("t_logit_mean", 0.0)),
                       float(t_cfg.get("t_logit_std", 1.0)))
     eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
@@ -35,14 +62,17 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
     keep_k = flow.sample_keep_k(k_keep, b, mcfg.num_registers, t_cfg.nested_dropout_mode)
     null = jax.random.bernoulli(k_null, float(t_cfg.cfg_dropout), (b,))
     prefix = jnp.zeros((b,), jnp.int32) if mcfg.prefix_masking else None
+    mask = None
+    aux = {}
+    if fc.enabled:
+      prefix, sigma_c = frame_cond_lib.sample(keys[4], b, fc)
+      x_t, mask = frame_cond_lib.condition(x0, eps, x_t, prefix, sigma_c, mcfg.patch_size[0])
+      aux["cond_fraction"] = jnp.mean((prefix > 0).astype(jnp.float32))
     out = model.apply({"params": params}, codes, x_t, t, keep_k=keep_k, null_cond=null,
                       prefix_len=prefix, with_repa=use_repa, method="decode")
     v, repa = out if use_repa else (out, None)
-    if loss_space == "v":
-      loss_flow = flow.flow_loss(v, flow.velocity_target(x0, eps))
-    else:  # compare the implied clean latents x0_hat = x_t - t v: weights all t equally
-      loss_flow = flow.flow_loss(flow.x0_from_velocity(x_t, v, t), x0)
-    aux = {"flow_loss": loss_flow}
+    loss_flow = flow_objective(v, x0, eps, x_t, t, loss_space, mask)
+    aux["flow_loss"] = loss_flow
     loss = loss_flow
     if use_repa:
       if "repa" not in batch:
@@ -56,23 +86,40 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
 
 
 def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg) -> Callable:
-  """train_step(state, batch) -> (state, metrics). Randomness: fold_in(key(seed), step)."""
+  """train_step(state, batch) -> (state, metrics). Randomness: fold_in(key(seed), step).
+
+  With `config.train.trainable_params`, gradients are taken w.r.t. the trainable subtree only
+  (frozen parameters enter the loss as constants and leave the step bit-identical); `tx` must
+  then be the matching `make_optimizer(cfg)` (state for the trainable subtree only).
+  """
   loss_fn = make_loss_fn(model, cfg)
   ema_decay = float(cfg.optim.get("ema_decay", 0.0))
   seed = int(cfg.seed)
+  pred = partition.trainable_predicate(cfg)
 
   def train_step(state: TrainState, batch: dict):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if pred is None:
+      trainable, frozen = state.params, None
+      full = lambda p: p  # noqa: E731
+    else:
+      trainable, frozen = partition.split(state.params, pred)
+      full = lambda p: partition.merge(p, frozen)  # noqa: E731
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: loss_fn(full(p), batch, key), has_aux=True)(trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    params = full(trainable)
     ema = state.ema_params
     if ema is not None:
-      ema = ema_update(ema, params, ema_decay)
+      if pred is None:
+        ema = ema_update(ema, params, ema_decay)
+      else:  # the frozen part of the EMA stays what it is (equal to the frozen params)
+        ema_tr, ema_fr = partition.split(ema, pred)
+        ema = partition.merge(ema_update(ema_tr, trainable, ema_decay), ema_fr)
     metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema), metrics
 
   return train_step
-
