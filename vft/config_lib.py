@@ -22,8 +22,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None: defaults
 
+  # name "patch" (PatchCodec: spatial_factor, time_factor, pool) or "vidtok" (VidTokCodec from
+  # the safetensors file `path`: an official VideoFlexTok checkpoint or a VidTok-only file;
+  # `prefix` of its VAE keys, "" = auto-detect).
   c.codec = ml_collections.ConfigDict(
-      {"name": "patch", "spatial_factor": 8, "time_factor": 4, "pool": 1})
+      {"name": "patch", "spatial_factor": 8, "time_factor": 4, "pool": 1, "path": "",
+       "prefix": ""})
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""  # "" -> <workdir>/data
@@ -94,7 +98,7 @@ def paper_tokenizer_config(*, size: int, patch_size: tuple[int, int, int], enc_w
   c = base_config()
   c.codec = ml_collections.ConfigDict(
       {"name": "vidtok", "tokenizer_id": "vidtok_kl_causal_488_16chn", "spatial_factor": 8,
-       "time_factor": 4})
+       "time_factor": 4, "path": "", "prefix": "", "dtype": "float32"})
   c.data.global_batch_size = batch_size
   c.data.clip_len = 17
   c.data.size = size
