@@ -38,7 +38,7 @@ def tiny_config(data_dir, **overrides):
   c = demo.get_config("smoke")
   c.data.dir = str(data_dir)
   c.data.size = SIZE
-  c.codec.spatial_factor = SPATIAL
+  c.codec.update(dict(spatial_factor=SPATIAL, pool=1))
   c.data.global_batch_size = 8
   c.model.update(dict(latent_channels=192, num_registers=4, enc_width=32, dec_width=32,
                       head_dim=16, enc_depth=1, dec_depth=2, posemb_max=8,
@@ -47,6 +47,11 @@ def tiny_config(data_dir, **overrides):
   c.checkpoint.use_async = False
   c.total_steps = 4
   c.eval.every_steps = 1000
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(c, overrides: dict):
+  """Sets dotted config fields: {"optim.lr": 1e-3} -> c.optim.lr = 1e-3. Returns c."""
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config, write_tiny_dataset
+from tests.helpers import apply_overrides, tiny_config, write_tiny_dataset
 from vft import config_lib
 from vft.models.config import TokenizerConfig
 from vft.models.tokenizer import VideoFlexTok, init_params
@@ -44,13 +44,7 @@ def ft_config(data_dir, init_workdir, **overrides):
   c.data.dir = str(data_dir)
   c.total_steps = 4
   c.checkpoint.every_steps = 2
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return apply_overrides(c, overrides)
 
 
 def _paths(tree):

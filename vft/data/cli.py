@@ -1,13 +1,30 @@
-"""`vft prep --input DIR_OR_MANIFEST --output OUT [--config=configs/prep_*.py]` (issue #4).
+"""`vft prep --input DIR_OR_MANIFEST --output OUT [--config=configs/prep_video.py[:variant]]`.
+
+--input is a folder (searched recursively), a glob, or a .csv/.jsonl manifest (vft.data.sources).
+--seed, --size, --fps and --num_frames override the config's seed / clips.size / clips.fps /
+clips.num_frames. Several processes: either `--distributed` (jax.distributed; every process
+takes the shards k with k % process_count == its index, then process 0 writes manifest.json
+after a barrier), or independent processes given `--process_index=i --process_count=n` (no
+coordination needed: whichever process finishes last writes manifest.json; re-running any of
+them after all have finished writes it too).
 
 Flags are defined here (imported by vft/main.py before parsing); heavy imports stay inside
 the functions.
 """
 from __future__ import annotations
 
-from absl import flags
+import json
+
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
+
+_PROCESS_INDEX = flags.DEFINE_integer(
+    "process_index", None, "prep: this process's slice index (without --distributed).")
+_PROCESS_COUNT = flags.DEFINE_integer(
+    "process_count", None, "prep: number of independent prep processes (without --distributed).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "prep: replace an output made with another config or input list.")
 
 
 def standalone_requested() -> bool:
@@ -16,5 +33,47 @@ def standalone_requested() -> bool:
   return bool(FLAGS["input"].present and FLAGS.input)
 
 
+def resolve_config(config, overrides: dict):
+  """The prep config: `config` (from --config) or the defaults, with flag overrides applied.
+  `overrides` maps config paths ("clips.size") to values; None values are ignored."""
+  from vft.data import prep_config
+  cfg = prep_config.default_config() if config is None else config
+  cfg = cfg.copy_and_resolve_references() if hasattr(cfg, "copy_and_resolve_references") else cfg
+  cfg.unlock()
+  for path, value in overrides.items():
+    if value is None:
+      continue
+    target = cfg
+    for p in path.split(".")[:-1]:
+      target = target[p]
+    target[path.split(".")[-1]] = value
+  return cfg
+
+
 def prep_main(config, input_path: str, output: str | None):
-  raise NotImplementedError("vft prep --input: being built (issue #4)")
+  if not output:
+    from absl import app
+    raise app.UsageError("vft prep --input needs --output (a folder, local or any etils.epath "
+                         "path)")
+  import jax
+  from vft.data import prep_job
+  logging.set_verbosity(logging.INFO)
+  if FLAGS.distributed:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  overrides = {
+      "seed": FLAGS.seed if FLAGS["seed"].present else None,
+      "clips.size": FLAGS.size, "clips.fps": FLAGS.fps, "clips.num_frames": FLAGS.num_frames,
+      "process_index": _PROCESS_INDEX.value, "process_count": _PROCESS_COUNT.value,
+      "overwrite": True if _OVERWRITE.value else None,
+  }
+  cfg = resolve_config(config, overrides)
+  manifest = prep_job.run_prep(cfg, input_path, output)
+  if manifest is None:
+    print(json.dumps({"output": output, "complete": False,
+                      "note": "other processes' shards are not finished yet"}))
+  else:
+    print(json.dumps({k: manifest[k] for k in ("num_records", "num_videos", "num_skipped",
+                                               "latent_shape", "dtype", "config_hash")}))
+    for s in manifest["skipped"]:
+      print(f"skipped {s['path']}: {s['reason']}")

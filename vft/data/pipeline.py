@@ -7,8 +7,15 @@
 
 Order of operations: source (global record index attached) -> seeded shuffle -> this process's
 slice `[process_index::process_count]` -> repeat (each epoch reshuffled) -> decode (corrupt
-records counted, logged and skipped) -> keep `fields` -> read threads -> batch -> optional worker
-processes. The element order depends on `worker_count`; keep it fixed across a resume.
+records counted, logged and skipped) -> keep `fields` -> (posterior sampling) -> read threads ->
+batch -> optional worker processes. The element order depends on `worker_count`; keep it fixed
+across a resume.
+
+Posterior sampling at train time: when a split stores VAE `moments` [T, h, w, 2C] instead of
+`latents` (prep with store="moments"), asking for "latents" draws
+`mean + exp(0.5 * clip(logvar, -30, 20)) * eps` per record and epoch; eps comes from grain's
+`random_map` seeded with `seed` (a Philox stream per element index), so a resumed iterator
+draws the same noise. `check_dataset` validates a prepared dataset against a training config.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from typing import Any, Sequence
 from absl import logging
 import grain
 import jax
+import ml_dtypes
 import numpy as np
 
 from vft.data.records import CorruptRecordError, decode_record
@@ -54,6 +62,22 @@ def _with_index(index: int, data: bytes) -> tuple[int, bytes]:
 
 def _is_not_none(x: Any) -> bool:
   return x is not None
+
+
+def _sample_posterior(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+  """{"moments": [..., 2C], ...} -> {"latents": [..., C] in the moments' 16-bit dtype (bfloat16
+  for float32 moments), ...}: a posterior sample drawn from `rng`."""
+  if example is None:
+    return None
+  example = dict(example)
+  moments = example.pop("moments")
+  z = moments.shape[-1] // 2
+  mean = moments[..., :z].astype(np.float32)
+  logvar = np.clip(moments[..., z:].astype(np.float32), -30.0, 20.0)
+  eps = rng.standard_normal(mean.shape, dtype=np.float32)
+  dtype = moments.dtype if moments.dtype.name in ("bfloat16", "float16") else ml_dtypes.bfloat16
+  example["latents"] = (mean + np.exp(0.5 * logvar) * eps).astype(dtype)
+  return example
 
 
 class _Decode:
@@ -123,8 +147,9 @@ def make_dataset(
 
   Arrays keep their stored dtype (latents: bfloat16). `num_epochs=None` repeats forever. Each
   process reads a disjoint slice of every (shuffled) epoch. `fields=None` keeps every field of
-  the split. `read_threads` threads read and decode ahead, up to `prefetch_buffer_size` records
-(default: one batch, at least 16).
+  the split. Asking for "latents" from a split that stores `moments` yields posterior samples
+  (module doc). `read_threads` threads read and decode ahead, up to `prefetch_buffer_size`
+  records (default: one batch, at least 16).
   Corrupt records are skipped, logged and counted (`corrupt_record_count()`).
   """
   if batch_size_per_process < 1:
@@ -137,6 +162,10 @@ def make_dataset(
   fields = tuple(fields) if fields is not None else tuple(entry.get("example_spec") or {})
   if not fields:
     raise ValueError(f"split {split!r} in {data_dir}: no fields to read")
+  stored = entry.get("example_spec") or {}
+  sample = "latents" in fields and "latents" not in stored and "moments" in stored
+  if sample:  # read the moments and sample the posterior (module doc)
+    fields = tuple(f for f in fields if f != "latents") + ("moments",)
   _check_fields(fields, entry, split)
   nonempty = [(p, s["num_records"]) for p, s in zip(paths, entry["shards"]) if s["num_records"]]
   source = grain.sources.ArrayRecordDataSource([str(p) for p, _ in nonempty])
@@ -155,6 +184,8 @@ def make_dataset(
     ds = ds.repeat(num_epochs)
   decode = _Decode([p.name for p, _ in nonempty], [n for _, n in nonempty], fields)
   ds = ds.map(decode).filter(_is_not_none)
+  if sample:
+    ds = ds.random_map(_sample_posterior, seed=seed)
   prefetch = (max(16, batch_size_per_process) if prefetch_buffer_size is None
               else prefetch_buffer_size)
   it_ds = ds.to_iter_dataset(
@@ -200,3 +231,94 @@ def load_split(data_dir: str | os.PathLike, split: str,
       example = decode_record(source[i], source=f"{path.name}[{i}]")
       examples.append(example if fields is None else {f: example[f] for f in fields})
   return examples
+
+
+def latent_shape(data_dir: str | os.PathLike, split: str) -> list[int]:
+  """[T, h, w, C] of the latents of `split` (stored, or sampled from stored `moments`)."""
+  entry = split_entry(read_manifest(data_dir, check_files=False), split, data_dir)
+  spec = entry.get("example_spec") or {}
+  if "latents" in spec:
+    return list(spec["latents"]["shape"])
+  if "moments" in spec:
+    shape = list(spec["moments"]["shape"])
+    return shape[:-1] + [shape[-1] // 2]
+  raise ValueError(f"split {split!r} in {data_dir} has neither latents nor moments (fields: "
+                   f"{sorted(spec)}); re-run the prep step")
+
+
+def _vae_of(manifest: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any] | None:
+  vae = manifest.get("vae") or (entry.get("meta") or {}).get("codec")
+  return vae if isinstance(vae, dict) else None
+
+
+def check_dataset(config, data_dir: str | os.PathLike, split: str | None = None,
+                  *, codec=None) -> list[int]:
+  """Checks a prepared dataset against a training config; returns the latent shape [T, h, w, C].
+
+  Raises ValueError naming data_dir/manifest.json, the field and both values when the latent
+  channels differ from config.model.latent_channels, the latent frames exceed
+  config.model.max_latent_frames, the latent grid is not divisible by config.model.patch_size,
+  the latent shape differs from what config.codec makes of config.data.clip_len x size
+  (when those are set), the VAE (name, factors, weights hash) differs from config.codec, or
+  REPA targets are needed (config.train.repa_weight > 0) but missing or of another width.
+  """
+  from vft.models.vae import make_codec
+  split = split or config.data.train_split
+  where = f"{Path(data_dir) / 'manifest.json'} (split {split!r})"
+  manifest = read_manifest(data_dir)
+  entry = split_entry(manifest, split, data_dir)
+  shape = latent_shape(data_dir, split)
+  codec = make_codec(config.codec) if codec is None else codec
+  vae = _vae_of(manifest, entry)
+  if vae is not None:
+    cfg_codec = {"name": config.codec.name, "spatial_factor": int(codec.spatial_factor),
+                 "time_factor": int(codec.time_factor)}
+    if config.codec.name == "patch":
+      cfg_codec["pool"] = int(config.codec.get("pool", 1))
+    cfg_codec["latent_channels"] = int(codec.latent_channels)
+    for k, v in cfg_codec.items():
+      if k in vae and vae[k] != v:
+        raise ValueError(f"{where}: the data was made with VAE {k}={vae[k]!r} ({vae}), but "
+                         f"config.codec gives {k}={v!r}; use the same codec as the prep job")
+    path = config.codec.get("path", None)
+    if vae.get("weights_sha256") and path:
+      from vft.data.prep_job import codec_identity
+      got = codec_identity(codec, dict(config.codec)).get("weights_sha256")
+      if got != vae["weights_sha256"]:
+        raise ValueError(f"{where}: the data was encoded with VAE weights sha256 "
+                         f"{vae['weights_sha256']} ({vae.get('weights_file')}), but "
+                         f"config.codec.path={path} has {got}")
+  model = config.model
+  if shape[-1] != int(model.latent_channels):
+    raise ValueError(f"{where}: latents have {shape[-1]} channels (shape {shape}) but "
+                     f"config.model.latent_channels={model.latent_channels}")
+  if shape[0] > int(model.max_latent_frames):
+    raise ValueError(f"{where}: {shape[0]} latent frames (shape {shape}) exceed "
+                     f"config.model.max_latent_frames={model.max_latent_frames}")
+  patch = tuple(int(p) for p in model.patch_size)
+  if any(d % p for d, p in zip(shape[:3], patch)):
+    raise ValueError(f"{where}: latent grid {shape[:3]} is not divisible by "
+                     f"config.model.patch_size={list(patch)}")
+  clip_len, size = config.data.get("clip_len"), config.data.get("size")
+  if clip_len and size:
+    want = list(codec.latent_shape(int(clip_len), int(size), int(size)))
+    if want != shape:
+      raise ValueError(f"{where}: latent shape {shape}, but config.codec "
+                       f"({config.codec.name}) makes {want} from config.data.clip_len={clip_len} "
+                       f"and size={size}; re-run prep with this clip size or fix the config")
+  if float(config.train.get("repa_weight", 0.0)) > 0:
+    spec = entry.get("example_spec") or {}
+    if "repa" not in spec:
+      raise ValueError(f"{where}: config.train.repa_weight > 0 needs REPA targets, but the "
+                       f"records have no 'repa' field (fields: {sorted(spec)}); prep with "
+                       "--config.repa.path=<DINOv2 checkpoint>")
+    width = spec["repa"]["shape"][-1]
+    grid = [shape[0] // patch[0], shape[1] // patch[1], shape[2] // patch[2]]
+    if list(spec["repa"]["shape"][:3]) != grid:
+      raise ValueError(f"{where}: REPA targets {spec['repa']['shape']} do not match the patch "
+                       f"grid {grid} (latents {shape} / config.model.patch_size={list(patch)}); "
+                       "prep with --config.repa.patch=<the model's spatial patch size>")
+    if width != int(model.repa_dim):
+      raise ValueError(f"{where}: REPA targets have {width} features but "
+                       f"config.model.repa_dim={model.repa_dim}")
+  return shape

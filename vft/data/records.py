@@ -1,12 +1,18 @@
 """The training-record schema: one record = one clip, stored as msgpack bytes in ArrayRecord shards.
 
 Fields of an example (a plain dict):
-  latents   required  np.ndarray [T, H, W, C], bfloat16 or float16: VAE latents, channels-last.
+  latents   required* np.ndarray [T, H, W, C], bfloat16 or float16: VAE latents, channels-last.
+  moments   required* np.ndarray [T, H, W, 2C], bfloat16/float16/float32: VAE posterior (mean
+            channels [:C], logvar [C:]), so that the posterior can be sampled at train time.
+            (*) a record holds `latents`, `moments` or both.
   label     optional  int: class label.
   caption   optional  str: text caption.
   repa      optional  np.ndarray [T, h, w, F], bfloat16/float16/float32: REPA target features.
   video_id  optional  str: where the clip came from, e.g. "synthetic/000123", "asl_book/clip1".
   video     optional  np.ndarray [T_px, H_px, W_px, 3], uint8: original pixels (eval splits only).
+  text_emb  optional  np.ndarray [L, D], bfloat16/float16/float32: text-encoder token embeddings
+            of the caption, zero-padded to a fixed L; `text_len` of them are real.
+  text_len  optional  int: number of valid rows of text_emb.
 
 Wire format: a msgpack map from field name to value. Arrays are maps
 `{"shape": [...], "dtype": <numpy dtype name>, "data": <raw little-endian bytes, C order>}`;
@@ -29,10 +35,12 @@ ARRAY_FIELDS = {
     "latents": (4, ("bfloat16", "float16"), None),
     "repa": (4, ("bfloat16", "float16", "float32"), None),
     "video": (4, ("uint8",), 3),
+    "moments": (4, ("bfloat16", "float16", "float32"), None),
+    "text_emb": (2, ("bfloat16", "float16", "float32"), None),
 }
-INT_FIELDS = ("label",)
+INT_FIELDS = ("label", "text_len")
 STR_FIELDS = ("caption", "video_id")
-REQUIRED_FIELDS = ("latents",)
+REQUIRED_ANY = ("latents", "moments")  # a record holds at least one of these
 KNOWN_FIELDS = tuple(ARRAY_FIELDS) + INT_FIELDS + STR_FIELDS
 
 _DTYPES = {
@@ -62,9 +70,9 @@ def validate_example(example: dict[str, Any]) -> None:
   unknown = sorted(set(example) - set(KNOWN_FIELDS))
   if unknown:
     raise ValueError(f"example: unknown field(s) {unknown}; known fields are {list(KNOWN_FIELDS)}")
-  for name in REQUIRED_FIELDS:
-    if name not in example:
-      raise ValueError(f"example: missing required field {name!r}")
+  if not any(name in example for name in REQUIRED_ANY):
+    raise ValueError(f"example: missing required field 'latents' (or 'moments'); got fields "
+                     f"{sorted(example)}")
   for name, (ndim, dtypes, last) in ARRAY_FIELDS.items():
     if name not in example:
       continue
@@ -77,6 +85,14 @@ def validate_example(example: dict[str, Any]) -> None:
       raise ValueError(f"example[{name!r}]: dtype {x.dtype.name}; expected one of {list(dtypes)}")
     if last is not None and x.shape[-1] != last:
       raise ValueError(f"example[{name!r}]: expected last dim {last}, got shape {x.shape}")
+  if "moments" in example and example["moments"].shape[-1] % 2:
+    raise ValueError(f"example['moments']: last dim must be even (mean and logvar), got shape "
+                     f"{example['moments'].shape}")
+  if "latents" in example and "moments" in example and (
+      example["moments"].shape[:-1] != example["latents"].shape[:-1]
+      or example["moments"].shape[-1] != 2 * example["latents"].shape[-1]):
+    raise ValueError(f"example: moments {example['moments'].shape} do not match latents "
+                     f"{example['latents'].shape} (expected [..., 2C])")
   for name in INT_FIELDS:
     value = example.get(name)
     if name in example and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
@@ -131,8 +147,9 @@ def _decode_array(name: str, value: Any, where: str) -> np.ndarray:
 def decode_record(data: bytes, *, source: str = "") -> dict[str, Any]:
   """msgpack bytes -> example dict with numpy arrays (read-only views of `data`).
 
-  Raises CorruptRecordError (a ValueError) naming `source` for bad msgpack, a missing `latents`,
-  an unknown field or dtype, a shape/bytes mismatch, or a wrong number of dims.
+  Raises CorruptRecordError (a ValueError) naming `source` for bad msgpack, missing
+  `latents`/`moments`, an unknown field or dtype, a shape/bytes mismatch, or a wrong number of
+  dims.
   """
   where = f"record {source}" if source else "record"
   try:

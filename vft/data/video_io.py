@@ -4,7 +4,8 @@ Sampling: with `fps`, frames are taken at times start_sec + k / fps, each time s
 source frame on screen then (the last frame whose timestamp is <= that time); without it every
 decoded frame from start_sec on is returned. Resizing: the short side is scaled to `size` with
 bicubic interpolation (FFmpeg swscale, which low-pass filters when shrinking), then the centre
-size x size square is cropped (crop=True) or the aspect ratio kept (crop=False).
+size x size square is cropped (crop=True) or the aspect ratio kept (crop=False). Rotation
+metadata (the DISPLAYMATRIX of phone videos) is applied, so frames come out upright.
 `read_video_uniform` samples like the official `read_mp4` instead: a given number of frames
 spread evenly over the whole video (np.linspace indices).
 """
@@ -64,15 +65,31 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(num_frames, fps, duration, stream.width, stream.height)
 
 
+def _rotation_quarters(frame: av.VideoFrame) -> int:
+  """Counter-clockwise quarter turns that display the frame upright (its DISPLAYMATRIX rotation;
+  phone videos store 90/-90/180 there)."""
+  try:
+    angle = frame.rotation or 0
+  except (AttributeError, ValueError):
+    return 0
+  return int(round(angle / 90.0)) % 4
+
+
 def _resize(frame: av.VideoFrame, size: int | None, crop: bool) -> np.ndarray:
+  """RGB uint8 [H, W, 3] upright (rotation metadata applied), the short side scaled to `size`
+  and, with `crop`, centre-cropped to size x size."""
+  quarters = _rotation_quarters(frame)
   if size is None:
-    return frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), quarters))
   w, h = frame.width, frame.height
   scale = size / min(w, h)
   nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
   rgb = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="BICUBIC").to_ndarray()
+  if quarters:
+    rgb = np.rot90(rgb, quarters)
+    nh, nw = rgb.shape[:2]
   if not crop:
-    return rgb
+    return np.ascontiguousarray(rgb)
   top, left = (nh - size) // 2, (nw - size) // 2
   return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
