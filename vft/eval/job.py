@@ -40,7 +40,8 @@ def evaluate(config, workdir: str) -> dict:
   budgets = loop.budgets_for(config, model)
   evaluator = BudgetEvaluator(model, make_codec(config.codec), steps=int(config.eval.steps),
                               guidance_scale=float(config.eval.guidance_scale),
-                              seed=int(config.eval.seed))
+                              seed=int(config.eval.seed),
+                              metrics=tuple(config.eval.get("metrics", ("psnr", "ssim"))))
   result = evaluator(params, latents, videos, budgets)
   paths = {}
   if jax.process_index() == 0:
@@ -49,4 +50,5 @@ def evaluate(config, workdir: str) -> dict:
     for k, p, s in zip(budgets, result["psnr"], result["ssim"]):
       metrics_lib.log("budget %4d tokens/frame: PSNR %.2f dB  SSIM %.4f", k, p, s)
   return {"step": step, "budgets": budgets, "psnr": result["psnr"], "ssim": result["ssim"],
+          **{m: result[m] for m in result["metrics"] if m not in ("psnr", "ssim")},
           "paths": paths}

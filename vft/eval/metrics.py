@@ -144,3 +144,41 @@ def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
   ssim_map = luminance * cs                      # [B*T*C, H', W']
   per_channel = jnp.mean(ssim_map, axis=(1, 2)).reshape(bsz, t, c)
   return jnp.mean(jnp.mean(per_channel, axis=-1), axis=-1)
+
+
+# ----------------------------------------------------------------------------
+# Per-frame scores with dm-pix (the eval job's PSNR / SSIM) and pixel errors.
+#
+# Pinned definitions (docs: evaluation notes §2): PSNR per frame (`pix.psnr`, max_val 1), then
+# the mean over frames (VidTok / MAGVIT convention; `psnr` above is the per-clip-MSE variant);
+# SSIM per frame and channel (`pix.ssim`: 11-tap Gaussian, sigma 1.5, k1 .01, k2 .03), mean over
+# frames; MAE / MSE over all pixels in [0, 1].
+
+
+def _frames(x: jax.Array) -> jax.Array:
+  """[B, T, H, W, C] -> [B * T, H, W, C] float32."""
+  return x.reshape(-1, *x.shape[2:]).astype(jnp.float32)
+
+
+def frame_scores(recon: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
+  """PSNR (per-frame mean), SSIM, MAE and MSE per clip.
+
+  Args:
+    recon, target: float videos `[B, T, H, W, C]` in [0, 1], H and W >= 11.
+  Returns:
+    {"psnr", "ssim", "mae", "mse"}: each `[B]` float32.
+  """
+  import dm_pix as pix  # Local: only the eval job needs dm-pix.
+
+  recon, target = jnp.asarray(recon), jnp.asarray(target)
+  _check_pair(recon, target, "frame_scores")
+  bsz, t = recon.shape[:2]
+  a, b = _frames(recon), _frames(target)
+  diff = a - b
+  mse_frame = jnp.maximum(jnp.mean(jnp.square(diff), axis=(1, 2, 3)), MSE_FLOOR)
+  psnr_frame = 10.0 * jnp.log10(1.0 / mse_frame)  # = pix.psnr with the MSE floor
+  ssim_frame = pix.ssim(a, b, max_val=1.0)
+  per_clip = lambda v: jnp.mean(v.reshape(bsz, t), axis=1)
+  return {"psnr": per_clip(psnr_frame), "ssim": per_clip(ssim_frame),
+          "mae": jnp.mean(jnp.abs(diff).reshape(bsz, -1), axis=1),
+          "mse": jnp.mean(jnp.square(diff).reshape(bsz, -1), axis=1)}

@@ -1,6 +1,7 @@
 """Reconstruction quality per token budget: tokenise held-out clips, render them back from the
 first k tokens of every latent frame, decode to pixels and score PSNR / SSIM against the
-originals. Also writes the demo's artifacts (grid video, budget curve, metrics.json)."""
+originals (and, when asked, LPIPS / MAE / MSE / rFVD: `metrics=`, from `config.eval.metrics`
+in training runs). Also writes the demo's artifacts (grid video, budget curve, metrics.json)."""
 from __future__ import annotations
 
 import os
@@ -13,14 +14,35 @@ import numpy as np
 from vft import flow
 from vft.eval import metrics as metrics_lib
 from vft.eval import report
+from vft.eval.frechet import FeatureStats, stats_distance
 from vft.models.tokenizer import sample_latents
+
+
+EXTRA_METRICS = ("lpips", "mae", "mse", "rfvd")
 
 
 class BudgetEvaluator:
   """Tokenises the clips once, then renders every budget with one compiled program (the budget
-  is a traced argument)."""
+  is a traced argument).
 
-  def __init__(self, model, codec, *, steps: int, guidance_scale: float = 1.0, seed: int = 0):
+  metrics: "psnr" and "ssim" always; add any of EXTRA_METRICS. "lpips" (AlexNet) and "rfvd" (I3D
+  on the first 16 frames, TF1 resize; needs >= 2 clips of >= 16 frames, and with few clips it is
+  only a trend, see vft.eval.fvd) load their networks here, once.
+  """
+
+  def __init__(self, model, codec, *, steps: int, guidance_scale: float = 1.0, seed: int = 0,
+               metrics: Sequence[str] = ("psnr", "ssim")):
+    unknown = sorted(set(metrics) - {"psnr", "ssim", *EXTRA_METRICS})
+    if unknown:
+      raise ValueError(f"eval metrics {unknown}: expected psnr, ssim or {EXTRA_METRICS}")
+    self.extra = [m for m in EXTRA_METRICS if m in metrics]
+    self._lpips = self._fvd = None
+    if "lpips" in self.extra:
+      from vft.eval.lpips import LPIPS
+      self._lpips = LPIPS("alexnet")
+    if "rfvd" in self.extra:
+      from vft.eval.fvd import FVD
+      self._fvd = FVD()
     guidance = flow.Guidance(scale=guidance_scale)
 
     def encode(params, latents):
@@ -33,6 +55,7 @@ class BudgetEvaluator:
     self._encode = jax.jit(encode)
     self._render = jax.jit(render)
     self._score = jax.jit(lambda a, b: (metrics_lib.psnr(a, b), metrics_lib.ssim(a, b)))
+    self._pixels = jax.jit(metrics_lib.frame_scores)
     self.codec = codec
     self.seed = seed
 
@@ -40,14 +63,19 @@ class BudgetEvaluator:
     """latents [n, T, h, w, C]; videos [n, T_px, H, W, 3] uint8 originals.
 
     Returns {"budgets", "psnr" [len(budgets)], "ssim", "psnr_per_clip" [len, n], "recons"
-    (list of uint8 videos per budget)}. The same noise is used for every budget.
+    (list of uint8 videos per budget), "metrics" (names of the per-budget lists), and one list
+    per extra metric}. The same noise is used for every budget.
     """
     latents = jnp.asarray(latents, jnp.float32)
     n = latents.shape[0]
     noise = jax.random.normal(jax.random.key(self.seed), latents.shape, jnp.float32)
     target = jnp.asarray(videos, jnp.float32) / 255.0
     out = {"budgets": list(map(int, budgets)), "psnr": [], "ssim": [], "psnr_per_clip": [],
-           "recons": []}
+           "recons": [], "metrics": ["psnr", "ssim", *self.extra]}
+    out.update({m: [] for m in self.extra})
+    real = None
+    if self._fvd is not None:
+      real = FeatureStats().update(self._fvd.features(np.asarray(target)))
     codes = self._encode(params, latents)
     for k in budgets:
       video = self._render(params, codes, jnp.full((n,), k, jnp.int32), noise)
@@ -57,6 +85,16 @@ class BudgetEvaluator:
       out["ssim"].append(float(jnp.mean(s)))
       out["psnr_per_clip"].append(np.asarray(p).tolist())
       out["recons"].append(np.asarray(jnp.round(unit * 255.0)).astype(np.uint8))
+      if "mae" in self.extra or "mse" in self.extra:
+        pix = self._pixels(unit, target)
+        for m in ("mae", "mse"):
+          if m in self.extra:
+            out[m].append(float(jnp.mean(pix[m])))
+      if self._lpips is not None:
+        out["lpips"].append(float(np.mean(self._lpips(unit, target))))
+      if real is not None:
+        fake = FeatureStats().update(self._fvd.features(np.asarray(unit)))
+        out["rfvd"].append(stats_distance(real, fake))
     return out
 
 
@@ -75,7 +113,14 @@ def write_artifacts(outdir: str, result: dict, originals: np.ndarray, *, steps: 
   report.write_gif(paths["gif"], grid, fps=fps)
   report.plot_budget_curve(paths["curve"], budgets, result["psnr"], result["ssim"],
                            title=f"held-out reconstructions after {steps} steps")
+  more = {m: result[m] for m in result.get("metrics", ()) if m not in ("psnr", "ssim")}
+  if more:
+    paths["metrics_plot"] = os.path.join(outdir, "metrics.png")
+    report.plot_metric_curves(paths["metrics_plot"], budgets,
+                              {"psnr": result["psnr"], "ssim": result["ssim"], **more},
+                              title=f"held-out reconstructions after {steps} steps")
   report.write_metrics_json(paths["metrics"], budgets=budgets, psnr=result["psnr"],
                             ssim=result["ssim"], num_clips=int(originals.shape[0]), steps=steps,
-                            extra=dict(extra or {}, psnr_per_clip=result["psnr_per_clip"]))
+                            extra=dict(extra or {}, psnr_per_clip=result["psnr_per_clip"],
+                                       **more), decimals=6 if more else 4)
   return paths

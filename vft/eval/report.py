@@ -281,23 +281,23 @@ def _check_aligned(budgets: list[int], **series: Sequence[float]) -> None:
           f"got {len(values)}")
 
 
-def _jsonable(x: Any) -> Any:
-  """Plain-JSON copy of `x`: floats rounded to 4 decimals, non-finite -> None."""
+def _jsonable(x: Any, decimals: int = 4) -> Any:
+  """Plain-JSON copy of `x`: floats rounded to `decimals` decimals, non-finite -> None."""
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): _jsonable(v, decimals) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [_jsonable(v, decimals) for v in x]
   if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
+    return _jsonable(x.tolist(), decimals)
   if isinstance(x, (bool, np.bool_)):
     return bool(x)
   if isinstance(x, (int, np.integer)):
     return int(x)
   if isinstance(x, (float, np.floating)):
     x = float(x)
-    return round(x, 4) if math.isfinite(x) else None
+    return round(x, decimals) if math.isfinite(x) else None
   if hasattr(x, "__array__"):  # jax arrays and other array-likes.
-    return _jsonable(np.asarray(x))
+    return _jsonable(np.asarray(x), decimals)
   return x
 
 
@@ -307,12 +307,12 @@ _RESERVED_KEYS = ("budgets", "psnr", "ssim", "num_clips", "steps")
 def write_metrics_json(path: str | os.PathLike, *, budgets: Sequence[int],
                        psnr: Sequence[float], ssim: Sequence[float],
                        num_clips: int, steps: int,
-                       extra: dict[str, Any] | None = None) -> None:
+                       extra: dict[str, Any] | None = None, decimals: int = 4) -> None:
   """Writes per-budget metrics as JSON, atomically.
 
   Output: {"budgets": [...], "psnr": [...], "ssim": [...], "num_clips": n,
-  "steps": s, **extra}. Floats (also inside `extra`) are rounded to 4
-  decimals; NaN and inf become null so the file stays strict JSON.
+  "steps": s, **extra}. Floats (also inside `extra`) are rounded to `decimals`
+  (default 4) decimals; NaN and inf become null so the file stays strict JSON.
 
   Args:
     path: output file, usually `*.json`.
@@ -330,13 +330,68 @@ def write_metrics_json(path: str | os.PathLike, *, budgets: Sequence[int],
     raise ValueError(f"extra must not contain the reserved keys {clash}")
   record = {
       "budgets": budgets,
-      "psnr": _jsonable([float(v) for v in psnr]),
-      "ssim": _jsonable([float(v) for v in ssim]),
+      "psnr": _jsonable([float(v) for v in psnr], decimals),
+      "ssim": _jsonable([float(v) for v in ssim], decimals),
       "num_clips": int(num_clips),
       "steps": int(steps),
-      **_jsonable(extra),
+      **_jsonable(extra, decimals),
   }
   text = json.dumps(record, indent=2, allow_nan=False) + "\n"
   with _atomic_path(path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
+
+
+def write_metrics_csv(path: str | os.PathLike, budgets: Sequence[int],
+                      columns: dict[str, Sequence[float | None]]) -> None:
+  """Writes a budget x metric table: header `budget,<metric>,...`, one row per budget; None
+  (a skipped metric) is written as an empty cell."""
+  budgets = _check_budgets(budgets)
+  _check_aligned(budgets, **columns)
+  lines = [",".join(["budget", *columns])]
+  for i, b in enumerate(budgets):
+    cells = [str(b)]
+    for values in columns.values():
+      v = values[i]
+      cells.append("" if v is None or not math.isfinite(float(v)) else f"{float(v):.6g}")
+    lines.append(",".join(cells))
+  with _atomic_path(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+
+
+def plot_metric_curves(path: str | os.PathLike, budgets: Sequence[int],
+                       series: dict[str, Sequence[float | None]], *, title: str = "",
+                       ncols: int = 3) -> None:
+  """Saves a PNG with one panel per metric against tokens per latent frame (log2 x-axis).
+  Metrics whose values are all None are left out."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import NullLocator
+
+  budgets = _check_budgets(budgets)
+  _check_aligned(budgets, **series)
+  series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+  if not series:
+    raise ValueError("plot_metric_curves: no metric has values")
+  ncols = min(ncols, len(series))
+  nrows = math.ceil(len(series) / ncols)
+  fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+  for ax, (name, values) in zip(axes, series.items()):
+    ys = [float("nan") if v is None else float(v) for v in values]
+    ax.plot(budgets, ys, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("tokens per latent frame")
+    ax.set_ylabel(name)
+    ax.grid(True, which="major", alpha=0.4)
+  for ax in axes[len(series):]:
+    ax.set_visible(False)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  with _atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png")
