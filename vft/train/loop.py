@@ -37,12 +37,8 @@ def build_model(config, latent_shape) -> VideoFlexTok:
 
 
 def latent_spec(data_root: str, split: str) -> list[int]:
-  manifest = writer.read_manifest(data_root)
-  splits = manifest["splits"]
-  if split not in splits:
-    raise ValueError(f"{data_root}/manifest.json has no split {split!r}; available: "
-                     f"{sorted(splits)}")
-  return list(splits[split]["example_spec"]["latents"]["shape"])
+  """[T, h, w, C] of the latents of `split` (stored, or sampled from stored moments)."""
+  return pipeline.latent_shape(data_root, split)
 
 
 class Trainer:
@@ -53,7 +49,8 @@ class Trainer:
     self.mesh = sharding.make_mesh(config.mesh)
     self.rules = sharding.rules_from_config(config.sharding_rules)
     self.data_root = data_dir(config, workdir)
-    self.spec = latent_spec(self.data_root, config.data.train_split)
+    # Manifest vs config: channels, latent grid, patch size, VAE identity, REPA targets.
+    self.spec = pipeline.check_dataset(config, self.data_root)
     self.model = build_model(config, self.spec)
     self.codec = make_codec(config.codec)
     gbs = int(config.data.global_batch_size)
@@ -159,10 +156,9 @@ class Trainer:
         self.checkpointer.save(step + 1, self.state, self.data_iter)
       if evaluator is not None and ((step + 1) % cfg.eval.every_steps == 0 or done):
         res = evaluator(self.eval_params(), *eval_clips, budgets_for(cfg, self.model))
-        writer_.write_scalars(step + 1, {f"eval/psnr_k{k:04d}": p
-                                         for k, p in zip(res["budgets"], res["psnr"])})
-        writer_.write_scalars(step + 1, {f"eval/ssim_k{k:04d}": s
-                                         for k, s in zip(res["budgets"], res["ssim"])})
+        writer_.write_scalars(step + 1, {
+            f"eval/{m}_k{k:04d}": v for m in res.get("metrics", ("psnr", "ssim"))
+            for k, v in zip(res["budgets"], res[m])})
         grid = report.budget_grid(eval_clips[1], res["recons"],
                                   labels=["orig"] + [str(k) for k in res["budgets"]])
         writer_.write_images(step + 1, {"eval/recon_grid_middle_frame": grid[None, len(grid) // 2]})
@@ -212,7 +208,8 @@ def load_eval_clips(config, data_root: str):
 def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
   return BudgetEvaluator(trainer.model, trainer.codec, steps=int(config.eval.steps),
                          guidance_scale=float(config.eval.guidance_scale),
-                         seed=int(config.eval.seed))
+                         seed=int(config.eval.seed),
+                         metrics=tuple(config.eval.get("metrics", ("psnr", "ssim"))))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
