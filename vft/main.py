@@ -7,8 +7,10 @@ Commands:
   demo   prep -> train -> eval (the default of configs/demo.py)
 Without a command, `config.job` is run.
 
-Dataset prep at scale (vft/data/cli.py), evaluation of any checkpoint and FVD between folders
-(vft/eval/cli.py): see those modules and the README.
+Standalone jobs (no --workdir; flags defined in vft/data/cli.py and vft/eval/cli.py):
+  vft prep --input=DIR|GLOB|x.csv|x.jsonl|tfds:NAME --output=OUT [--config=configs/prep_video.py:k600_128]
+  vft eval --checkpoint=WORKDIR|model.safetensors --videos=DIR|SHARDS --budgets=1,2,4 --out=OUT
+  vft fvd DIR_A DIR_B [--frames=16] [--json]
 
 Inference (no --config; --model is an official .safetensors file or one of our workdirs):
   vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
