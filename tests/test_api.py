@@ -192,10 +192,18 @@ def test_cli_round_trip_on_real_clip(workdir, tmp_path):
   expected = tmp_path / "expected.mp4"
   report.write_video(str(expected), cli.to_uint8(tok.detokenize(ids, keep_k=4, steps=2, rng=0)),
                      fps=saved["fps"])
-  recon = video_io.read_video(str(out))
+  recon = video_io.read_video(str(out)).astype(np.float64)
   assert recon.shape == (17, 16, 16, 3)
-  np.testing.assert_array_equal(recon, video_io.read_video(str(expected)))
-  assert np.abs(recon.astype(int) - video_io.read_video(res["paths"]["k1"])).max() > 0
+  # H.264 is lossy and its decisions can flip on float round-off between two jitted paths, so
+  # compare with a tolerance far below what another seed or budget produces.
+  mse = lambda a, b: np.mean((a - b) ** 2)  # noqa: E731
+  err_same = mse(recon, video_io.read_video(str(expected)))
+  err_k1 = mse(recon, video_io.read_video(res["paths"]["k1"]))
+  other_seed = tmp_path / "other_seed.mp4"
+  report.write_video(str(other_seed), cli.to_uint8(tok.detokenize(ids, keep_k=4, steps=2, rng=1)),
+                     fps=saved["fps"])
+  err_seed = mse(recon, video_io.read_video(str(other_seed)))
+  assert err_same < 0.05 * min(err_k1, err_seed), (err_same, err_k1, err_seed)
   with pytest.raises(FileNotFoundError, match="vft tokenize"):
     cli.read_tokens(str(tmp_path / "missing.npz"))
 
