@@ -264,3 +264,27 @@ def test_fvd_real_i3d_on_video_folders(i3d, tmp_path):
   same = fvd_lib.fvd_folders(str(tmp_path / "a"), str(tmp_path / "a"), fvd)
   diff = fvd_lib.fvd_folders(str(tmp_path / "a"), str(tmp_path / "b"), fvd)
   assert same["fvd"] < 1e-3 < 10 < diff["fvd"]
+
+
+def test_weight_pickle_conversion_refuses_code(tmp_path):
+  """Only dicts of numpy arrays convert; a pickle naming any other global is refused unrun."""
+  import pickle
+
+  from vft.eval import weights
+  good = tmp_path / "good.ckpt"
+  with open(good, "wb") as f:
+    pickle.dump({"a": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}, f)
+  out = weights.convert_pickle(str(good), str(tmp_path / "good.npz"))
+  with np.load(out, allow_pickle=False) as z:
+    assert any(np.array_equal(z[k], np.arange(6, dtype=np.float32).reshape(2, 3)) for k in z.files)
+
+  class Evil:
+    def __reduce__(self):
+      return (print, ("ran",))
+
+  bad = tmp_path / "bad.ckpt"
+  with open(bad, "wb") as f:
+    pickle.dump({"a": Evil()}, f)
+  with pytest.raises(pickle.UnpicklingError, match="builtins.print"):
+    weights.convert_pickle(str(bad), str(tmp_path / "bad.npz"))
+  assert not (tmp_path / "bad.npz").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import uuid
 from typing import Any
 
@@ -116,13 +117,30 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickles plain containers of numpy arrays and nothing else: any other global (a class or
+  function the file names) is refused, so a tampered weights file cannot run code."""
+
+  _ALLOWED = {
+      ("numpy", "ndarray"), ("numpy", "dtype"),
+      ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+      ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+      ("collections", "OrderedDict"),
+  }
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(
+          f"weights pickle names {module}.{name}; only numpy arrays in dicts are accepted")
+    return super().find_class(module, name)
+
+
 def convert_pickle(src: str, dst: str) -> str:
   """One-time conversion of a package's weight pickle to a plain npz (+ its sha256 next to
   it). The pickle is the installed package's own file; its contents must be a dict tree of
   arrays."""
-  import pickle  # Only here: the one place that unpickles, on the package's shipped file.
   with open(src, "rb") as f:
-    tree = pickle.load(f)
+    tree = _ArraysOnlyUnpickler(f).load()
   leaves = jax.tree_util.tree_leaves(tree)
   if not isinstance(tree, dict) or not all(isinstance(x, np.ndarray) for x in leaves):
     raise ValueError(f"{src}: expected a dict tree of numpy arrays")
