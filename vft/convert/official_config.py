@@ -304,13 +304,7 @@ def _translate_encoder(md: dict, latents_key: str, where: str
       keys.set(_get(m, "registers_write_key", w), "registers")
       names["enc_registers"] = name
     elif t == "BlockWiseSequenceInterleavePacker":
-      ins = list(_get(m, "input_list_read_keys", w))
-      if len(ins) != 2:
-        raise ValueError(f"{w}: input_list_read_keys {ins} must be [patches, registers]")
-      _, pops = keys.need(ins[0], "patches", name)
-      keys.need(ins[1], "registers", name)
-      if pops != ("posemb",):
-        raise ValueError(f"{w}: the encoder patches must carry one positional embedding")
+      _packer_inputs(m, w, keys, name, "encoder")
       f["enc_mask"] = _mask_mode(m, w)
       f["enc_block_mask_key"] = m.get("block_mask_write_key")
       keys.set(_get(m, "packed_seq_write_key", w), "sequence")
@@ -342,6 +336,19 @@ def _translate_encoder(md: dict, latents_key: str, where: str
     else:
       raise ValueError(f"{w}: {m.get('_target_')!r} is not supported in the encoder")
   return f, names, keys
+
+
+def _packer_inputs(m: Mapping, where: str, keys: _Keys, name: str, side: str) -> tuple:
+  """Checks a sequence packer reads [patches (with one posemb), registers]; -> the ops applied
+  to the registers on their way there."""
+  ins = list(_get(m, "input_list_read_keys", where))
+  if len(ins) != 2:
+    raise ValueError(f"{where}: input_list_read_keys {ins} must be [patches, registers]")
+  _, pops = keys.need(ins[0], "patches", name)
+  _, rops = keys.need(ins[1], "registers", name)
+  if pops != ("posemb",):
+    raise ValueError(f"{where}: the {side} patches must carry one positional embedding")
+  return rops
 
 
 def _mask_mode(m: Mapping, where: str) -> str:
@@ -449,13 +456,7 @@ def _translate_decoder(md: dict, quants_key: str, noised_key: str, t_key: str, w
       f["temb_key"] = _get(m, "time_embedding_write_key", w)
       names["dec_time_embedder"] = name
     elif t == "BlockWiseSequenceInterleavePacker":
-      ins = list(_get(m, "input_list_read_keys", w))
-      if len(ins) != 2:
-        raise ValueError(f"{w}: input_list_read_keys {ins} must be [patches, registers]")
-      _, pops = keys.need(ins[0], "patches", name)
-      _, rops = keys.need(ins[1], "registers", name)
-      if pops != ("posemb",):
-        raise ValueError(f"{w}: the decoder patches must carry one positional embedding")
+      rops = _packer_inputs(m, w, keys, name, "decoder")
       f.update(dec_mask=_mask_mode(m, w), register_ops=rops,
                dec_block_mask_key=m.get("block_mask_write_key"),
                emb_packing_key=m.get("emb_packing_fn_write_key"),

@@ -223,6 +223,17 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray,
     iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
 
 
+def _budget_axes(ax, budgets, ylabel: str) -> None:
+  """Log2 x axis ticked at exactly the budgets, labels and a major grid."""
+  from matplotlib.ticker import NullLocator
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.set_xlabel("tokens per latent frame")
+  ax.set_ylabel(ylabel)
+  ax.grid(True, which="major", alpha=0.4)
+
+
 def plot_budget_curve(path: str | os.PathLike, budgets: Sequence[int],
                       psnr: Sequence[float], ssim: Sequence[float], *,
                       title: str = "") -> None:
@@ -241,7 +252,6 @@ def plot_budget_curve(path: str | os.PathLike, budgets: Sequence[int],
   # and works without a display whatever the configured backend is.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  from matplotlib.ticker import NullLocator
 
   budgets = _check_budgets(budgets)
   _check_aligned(budgets, psnr=psnr, ssim=ssim)
@@ -252,12 +262,7 @@ def plot_budget_curve(path: str | os.PathLike, budgets: Sequence[int],
             (axes[1], ssim, "SSIM", "tab:orange"))
   for ax, values, ylabel, color in panels:
     ax.plot(budgets, [float(v) for v in values], marker="o", color=color)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("tokens per latent frame")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="major", alpha=0.4)
+    _budget_axes(ax, budgets, ylabel)
   if title:
     fig.suptitle(title)
   fig.tight_layout()
@@ -367,7 +372,6 @@ def plot_metric_curves(path: str | os.PathLike, budgets: Sequence[int],
   Metrics whose values are all None are left out."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  from matplotlib.ticker import NullLocator
 
   budgets = _check_budgets(budgets)
   _check_aligned(budgets, **series)
@@ -382,12 +386,7 @@ def plot_metric_curves(path: str | os.PathLike, budgets: Sequence[int],
   for ax, (name, values) in zip(axes, series.items()):
     ys = [float("nan") if v is None else float(v) for v in values]
     ax.plot(budgets, ys, marker="o")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("tokens per latent frame")
-    ax.set_ylabel(name)
-    ax.grid(True, which="major", alpha=0.4)
+    _budget_axes(ax, budgets, name)
   for ax in axes[len(series):]:
     ax.set_visible(False)
   if title:
