@@ -139,3 +139,28 @@ def test_lr_multipliers_scale_matching_updates():
   upd, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(np.asarray(upd["encoder"]["to_latents"]["kernel"]), 0.1)
   np.testing.assert_allclose(np.asarray(upd["decoder"]["head"]["kernel"]), 1.0)
+
+
+def test_fsq_bound_loss_adds_the_hinge_on_the_tanh_argument(data_dir, tmp_path):
+  cfg = tiny_config(data_dir, **{"model.fsq_levels": (8, 5, 2)})
+  tr = loop.Trainer(cfg, str(tmp_path))
+  batch, key, params = tr.next_batch(), jax.random.key(3), tr.state.params
+  tr.close()
+  base, aux0 = make_loss_fn(tr.model, cfg)(params, batch, key)
+  assert "fsq_bound_loss" not in aux0
+  _, z = tr.model.apply({"params": params}, batch["latents"].astype(jnp.float32),
+                        method="encode_logits")
+  zc = np.asarray(z) + np.arctanh(np.array([0.5 / 3.5035, 0.0, 0.5 / 0.5005]))
+  np.testing.assert_allclose(float(aux0["fsq_saturation"]),
+                             np.mean(np.abs(np.tanh(zc)) > 0.95), atol=1e-6)
+  for bound in (0.3, 1.0):
+    want = np.mean(np.maximum(np.abs(zc) - bound, 0.0) ** 2)
+    assert want > 0
+    c = tiny_config(data_dir, **{"model.fsq_levels": (8, 5, 2), "train.fsq_bound_weight": 2.0,
+                                 "train.fsq_bound": bound})
+    loss, aux = make_loss_fn(tr.model, c)(params, batch, key)
+    np.testing.assert_allclose(float(aux["fsq_bound_loss"]), want, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), float(base) + 2.0 * want, rtol=1e-5)
+  c = tiny_config(data_dir, **{"train.fsq_bound_weight": 2.0, "train.fsq_bound": 1e3})
+  _, aux = make_loss_fn(tr.model, c)(params, batch, key)
+  assert float(aux["fsq_bound_loss"]) == 0.0

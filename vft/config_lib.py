@@ -54,7 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0,
-      loss_space="v", t_logit_mean=0.0, t_logit_std=1.0))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
+      loss_space="v", t_logit_mean=0.0, t_logit_std=1.0,
+      fsq_bound_weight=0.0, fsq_bound=1.5))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
+  # fsq_bound_weight > 0 adds weight * mean(relu(|z + shift| - fsq_bound)^2) over the pre-FSQ
+  # logits z (the tanh argument): without it Adam keeps pushing saturated logits outward (the
+  # straight-through gradient always points past the outer level), and tanh' -> 0 there.
   # Regex over parameter paths ("decoder/transformer/blocks_0/attn/wq/kernel"): only matching
   # parameters get gradients and optimizer state; the rest are frozen. "" trains everything.
   c.train.trainable_params = ""

@@ -34,6 +34,14 @@ def _basis(levels: Sequence[int]) -> np.ndarray:
   return np.concatenate([[1], np.cumprod(lv[:-1])]).astype(np.int64)
 
 
+def logit_shift(levels: Sequence[int] = DEFAULT_LEVELS) -> np.ndarray:
+  """float32 [d]: the per-channel shift FSQ adds to z before tanh (non-zero for even levels)."""
+  lvf = _check_levels(levels).astype(np.float64)
+  half_l = (lvf - 1) * (1 + 1e-3) / 2
+  offset = np.where(lvf % 2 == 0, 0.5, 0.0)
+  return np.arctanh(offset / half_l).astype(np.float32)
+
+
 def quantize(z: jax.Array, levels: Sequence[int] = DEFAULT_LEVELS) -> jax.Array:
   """z [..., d] (any real) -> codes [..., d] on the FSQ grid in [-1, 1] (float32, STE)."""
   lv = _check_levels(levels)
@@ -43,8 +51,7 @@ def quantize(z: jax.Array, levels: Sequence[int] = DEFAULT_LEVELS) -> jax.Array:
   lvf = lv.astype(np.float64)
   half_l = (lvf - 1) * (1 + 1e-3) / 2
   offset = np.where(lv % 2 == 0, 0.5, 0.0)
-  shift = np.arctanh(offset / half_l)
-  bounded = jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32) - offset.astype(
+  bounded = jnp.tanh(z + logit_shift(lv)) * half_l.astype(np.float32) - offset.astype(
       np.float32)
   rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
   return rounded / (lv // 2).astype(np.float32)

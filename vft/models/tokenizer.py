@@ -28,6 +28,11 @@ class VideoFlexTok(nn.Module):
     codes = fsq.quantize(self.encoder(latents), self.cfg.fsq_levels)
     return codes, fsq.codes_to_ids(jax.lax.stop_gradient(codes), self.cfg.fsq_levels)
 
+  def encode_logits(self, latents: jax.Array):
+    """latents -> (codes [B,T',N,d] with straight-through grads, pre-FSQ logits z [B,T',N,d])."""
+    z = self.encoder(latents)
+    return fsq.quantize(z, self.cfg.fsq_levels), z
+
   def decode(self, codes, x_t, t, keep_k=None, null_cond=None, prefix_len=None, with_repa=False):
     """Predicted velocity v ~ eps - x0 [B,T,H,W,C] (and REPA features). See `Decoder.__call__`.
 

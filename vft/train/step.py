@@ -5,9 +5,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from vft import flow
+from vft.models import fsq
 from vft.models.tokenizer import VideoFlexTok
 from vft.train import frame_cond as frame_cond_lib
 from vft.train import partition
@@ -34,6 +36,8 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
   mcfg = model.cfg
   t_cfg = cfg.train
   repa_weight = float(t_cfg.get("repa_weight", 0.0))
+  bound_weight = float(t_cfg.get("fsq_bound_weight", 0.0))
+  bound = float(t_cfg.get("fsq_bound", 1.5))
   use_repa = mcfg.repa_layer is not None and repa_weight > 0
   loss_space = t_cfg.get("loss_space", "v")
   if loss_space not in ("v", "x"):
@@ -52,7 +56,7 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
     b = x0.shape[0]
     keys = jax.random.split(key, 5 if fc.enabled else 4)
     k_t, k_eps, k_keep, k_null = keys[:4]
-    codes, _ = model.apply({"params": params}, x0, method="encode")
+    codes, z = model.apply({"params": params}, x0, method="encode_logits")
     if pred is not None and not partition.select({"encoder": params["encoder"]}, pred):
       codes = jax.lax.stop_gradient(codes)
     t = flow.sample_t(k_t, b, float(t_cfg.get("t_logit_mean", 0.0)),
@@ -74,6 +78,14 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
     loss_flow = flow_objective(v, x0, eps, x_t, t, loss_space, mask)
     aux["flow_loss"] = loss_flow
     loss = loss_flow
+    z_c = z + fsq.logit_shift(mcfg.fsq_levels)  # the tanh argument
+    # Share of code channels whose tanh' < 0.1 (|tanh| > 0.95): the straight-through gradient
+    # barely reaches the encoder there.
+    aux["fsq_saturation"] = jnp.mean((jnp.abs(z_c) > np.arctanh(0.95)).astype(jnp.float32))
+    if bound_weight > 0:  # keeps the pre-FSQ logits where tanh still passes gradients
+      loss_bound = jnp.mean(jnp.square(jax.nn.relu(jnp.abs(z_c) - bound)))
+      aux["fsq_bound_loss"] = loss_bound
+      loss = loss + bound_weight * loss_bound
     if use_repa:
       if "repa" not in batch:
         raise ValueError("train.repa_weight > 0 but the batch has no 'repa' target features")
