@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from tests.helpers import apply_overrides, tiny_config, write_tiny_dataset
 from vft import config_lib
@@ -232,7 +233,7 @@ def test_init_from_official_fixture(data_dir, tmp_path):
   path = os.path.join(ROOT, "..", "shared", "fixtures", "official_tiny", "model.safetensors")
   official = convert.load_official(path)
   src_cfg = official.tokenizer_cfg
-  flat_src = init_from.flatten(official.params)
+  flat_src = traverse_util.flatten_dict(official.params, sep="/")
   for scan in (False, True):  # the importer's unscanned tree, stacked for a scanned model
     model = dataclasses.asdict(src_cfg)
     model.update(dec_mask="full", prefix_masking=True, dtype="float32", scan=scan, remat=False)
@@ -240,7 +241,7 @@ def test_init_from_official_fixture(data_dir, tmp_path):
     c.model = config_lib.ml_collections.ConfigDict(model)
     dst_cfg = TokenizerConfig.from_config(c.model)
     params, rep = init_from.from_official(c, _fresh_params(c), dst_cfg)
-    flat = init_from.flatten(jax.device_get(params))
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
     expect_new = [] if src_cfg.prefix_masking else ["decoder/prefix_mask_token"]
     assert rep.initialised == expect_new and len(flat) == rep.loaded + len(expect_new)
     for k, v in flat_src.items():

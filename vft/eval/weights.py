@@ -17,6 +17,7 @@ import pickle
 import uuid
 from typing import Any
 
+from flax import traverse_util
 import jax
 import numpy as np
 
@@ -39,32 +40,18 @@ def cache_dir() -> str:
 
 def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
   """Nested dicts of arrays -> {"a::b::c": np.ndarray}. Keys must not contain "::"."""
-  flat: dict[str, np.ndarray] = {}
-
-  def visit(node, prefix):
-    if isinstance(node, dict):
-      for k, v in node.items():
-        k = str(k)
-        if _SEP in k:
-          raise ValueError(f"flatten_tree: key {prefix + k!r} contains {_SEP!r}")
-        visit(v, prefix + k + _SEP)
-    else:
-      flat[prefix[:-len(_SEP)]] = np.asarray(node)
-
-  visit(tree, "")
-  return flat
+  flat = traverse_util.flatten_dict(tree)
+  for path in flat:
+    for i, k in enumerate(path):
+      if _SEP in str(k):
+        raise ValueError(f"flatten_tree: key {_SEP.join(map(str, path[:i + 1]))!r} contains "
+                         f"{_SEP!r}")
+  return {_SEP.join(map(str, path)): np.asarray(v) for path, v in flat.items()}
 
 
 def unflatten_tree(flat: dict[str, np.ndarray]) -> dict[str, Any]:
   """Inverse of `flatten_tree`."""
-  tree: dict[str, Any] = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split(_SEP)
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(flat, sep=_SEP)
 
 
 def save_npz(path: str | os.PathLike, tree: Any) -> None:

@@ -19,9 +19,9 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping
 from typing import Any
 
+from flax import traverse_util
 import jax
 import numpy as np
 
@@ -120,25 +120,6 @@ def check_compatible(src: TokenizerConfig, dst: TokenizerConfig, what: str) -> N
                      f"{list(STAGE_FIELDS)} may change between stages")
 
 
-def flatten(tree, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}{k}"
-    out.update(flatten(v, path + "/") if isinstance(v, Mapping) else {path: v})
-  return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return out
-
-
 def _match(src: dict[str, Any], dst: dict[str, Any], src_cfg: TokenizerConfig,
            dst_cfg: TokenizerConfig, what: str) -> tuple[list[str], list[str], list[str]]:
   """-> (loaded, initialised, skipped) paths; errors for anything else."""
@@ -179,14 +160,16 @@ def from_workdir(config, fresh: dict, dst_cfg: TokenizerConfig) -> tuple[dict, I
   ckpt_dir = os.path.join(workdir, "checkpoints")
   use_ema = bool(config.init.get("use_ema", True)) and meta.get("ema_params") is not None
   subtree = "ema_params" if use_ema else "params"
-  src = flatten(meta[subtree])
-  dst = flatten(fresh)
+  src = traverse_util.flatten_dict(meta[subtree], sep="/")
+  dst = traverse_util.flatten_dict(fresh, sep="/")
   loaded, initialised, skipped = _match(src, dst, src_cfg, dst_cfg, what)
-  target = {subtree: unflatten({p: jax.ShapeDtypeStruct(dst[p].shape, dst[p].dtype,
-                                                        sharding=dst[p].sharding)
-                                for p in loaded})}
-  restored = flatten(ckpt_lib.restore_state_subtree(ckpt_dir, step, target)[subtree])
-  params = unflatten({p: restored[p] if p in restored else dst[p] for p in dst})
+  target = {subtree: traverse_util.unflatten_dict(
+      {p: jax.ShapeDtypeStruct(dst[p].shape, dst[p].dtype, sharding=dst[p].sharding)
+       for p in loaded}, sep="/")}
+  restored = traverse_util.flatten_dict(
+      ckpt_lib.restore_state_subtree(ckpt_dir, step, target)[subtree], sep="/")
+  params = traverse_util.unflatten_dict(
+      {p: restored[p] if p in restored else dst[p] for p in dst}, sep="/")
   return params, InitReport(f"workdir:{workdir}", step, subtree, len(loaded), initialised,
                             skipped)
 
@@ -223,15 +206,17 @@ def from_official(config, fresh: dict, dst_cfg: TokenizerConfig) -> tuple[dict, 
   if not isinstance(src_cfg, TokenizerConfig):
     src_cfg = TokenizerConfig.from_config(src_cfg)
   check_compatible(dataclasses.replace(src_cfg, scan=dst_cfg.scan), dst_cfg, what)
-  dst = flatten(fresh)
-  src = _to_layout({p: np.asarray(v) for p, v in flatten(official.params).items()}, dst)
+  dst = traverse_util.flatten_dict(fresh, sep="/")
+  src = _to_layout({p: np.asarray(v) for p, v in
+                    traverse_util.flatten_dict(official.params, sep="/").items()}, dst)
   loaded, initialised, skipped = _match(src, dst, src_cfg, dst_cfg, what)
 
   def place(p):
     value = np.asarray(src[p], dst[p].dtype)
     return jax.make_array_from_callback(value.shape, dst[p].sharding, lambda idx: value[idx])
 
-  params = unflatten({p: place(p) if p in src else dst[p] for p in dst})
+  params = traverse_util.unflatten_dict({p: place(p) if p in src else dst[p] for p in dst},
+                                        sep="/")
   notes = list(official.report.notes)
   if official.report.unused_keys:
     notes.append(f"{len(official.report.unused_keys)} tensors of the file unused by the "
