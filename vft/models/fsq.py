@@ -34,12 +34,17 @@ def _basis(levels: Sequence[int]) -> np.ndarray:
   return np.concatenate([[1], np.cumprod(lv[:-1])]).astype(np.int64)
 
 
+def _tanh_params(lv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(half_l, offset, shift) per channel, float64 (module doc)."""
+  lvf = lv.astype(np.float64)
+  half_l = (lvf - 1) * (1 + 1e-3) / 2
+  offset = np.where(lv % 2 == 0, 0.5, 0.0)
+  return half_l, offset, np.arctanh(offset / half_l)
+
+
 def logit_shift(levels: Sequence[int] = DEFAULT_LEVELS) -> np.ndarray:
   """float32 [d]: the per-channel shift FSQ adds to z before tanh (non-zero for even levels)."""
-  lvf = _check_levels(levels).astype(np.float64)
-  half_l = (lvf - 1) * (1 + 1e-3) / 2
-  offset = np.where(lvf % 2 == 0, 0.5, 0.0)
-  return np.arctanh(offset / half_l).astype(np.float32)
+  return _tanh_params(_check_levels(levels))[2].astype(np.float32)
 
 
 def quantize(z: jax.Array, levels: Sequence[int] = DEFAULT_LEVELS) -> jax.Array:
@@ -48,11 +53,8 @@ def quantize(z: jax.Array, levels: Sequence[int] = DEFAULT_LEVELS) -> jax.Array:
   if z.shape[-1] != lv.size:
     raise ValueError(f"fsq: input has {z.shape[-1]} channels, levels {list(lv)} need {lv.size}")
   z = z.astype(jnp.float32)
-  lvf = lv.astype(np.float64)
-  half_l = (lvf - 1) * (1 + 1e-3) / 2
-  offset = np.where(lv % 2 == 0, 0.5, 0.0)
-  bounded = jnp.tanh(z + logit_shift(lv)) * half_l.astype(np.float32) - offset.astype(
-      np.float32)
+  half_l, offset, shift = (a.astype(np.float32) for a in _tanh_params(lv))
+  bounded = jnp.tanh(z + shift) * half_l - offset
   rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
   return rounded / (lv // 2).astype(np.float32)
 

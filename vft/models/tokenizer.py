@@ -25,7 +25,7 @@ class VideoFlexTok(nn.Module):
 
   def encode(self, latents: jax.Array):
     """latents [B,T,H,W,C] -> (codes [B,T',N,d] float32 with straight-through grads, ids [B,T',N])."""
-    codes = fsq.quantize(self.encoder(latents), self.cfg.fsq_levels)
+    codes, _ = self.encode_logits(latents)
     return codes, fsq.codes_to_ids(jax.lax.stop_gradient(codes), self.cfg.fsq_levels)
 
   def encode_logits(self, latents: jax.Array):
