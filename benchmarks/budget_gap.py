@@ -30,17 +30,18 @@ import optax  # noqa: E402
 
 from configs import demo  # noqa: E402
 from vft import flow  # noqa: E402
+from vft import main as vft_main  # noqa: E402
 from vft.data import pipeline  # noqa: E402
-from vft.data import prep as prep_lib  # noqa: E402
+from vft.eval import metrics as metrics_lib  # noqa: E402
 from vft.models import fsq  # noqa: E402
 from vft.models.vae import make_codec  # noqa: E402
+from vft.train import loop  # noqa: E402
 
 
 def psnr_db(latents: np.ndarray, videos: np.ndarray, codec) -> float:
   """Mean per-clip PSNR of decoded latents [n, T, H, W, C] against uint8 videos [n, F, h, w, 3]."""
-  x = np.clip((np.asarray(codec.decode(jnp.asarray(latents, jnp.float32))) + 1) / 2, 0, 1)
-  g = videos.astype(np.float32) / 255.0
-  return float(np.mean([10 * np.log10(1 / np.mean((x[i] - g[i]) ** 2)) for i in range(len(x))]))
+  x = metrics_lib.to_unit(codec.decode(jnp.asarray(latents, jnp.float32)))
+  return float(jnp.mean(metrics_lib.psnr(x, jnp.asarray(videos, jnp.float32) / 255.0)))
 
 
 def pca_curve(train: np.ndarray, lat: np.ndarray, vid: np.ndarray, codec, dims) -> list[float]:
@@ -120,16 +121,12 @@ def main(argv=None):
                   help="linear: Linear(frame -> N x d); tokenizer: the demo's transformer encoder")
   args = ap.parse_args(argv)
   c = demo.get_config()
+  c.data.dir = args.data
   codec = make_codec(c.codec)
-  if not os.path.exists(os.path.join(args.data, "manifest.json")):
-    prep_lib.prep_demo_dataset(args.data, codec, clip_len=int(c.data.clip_len),
-                               size=int(c.data.size), seed=int(c.seed), **dict(c.data.prep))
+  vft_main.prep(c, args.data)  # the demo's prep job: a no-op when the dataset is complete
   train = np.stack([np.asarray(r["latents"], np.float32)
                     for r in pipeline.load_split(args.data, c.data.train_split, ("latents",))])
-  ev = pipeline.load_split(args.data, c.data.eval_split, ("latents", "video"))
-  ev = ev[: int(c.eval.num_clips)]  # the clips the demo's metrics.json scores
-  lat = np.stack([np.asarray(r["latents"], np.float32) for r in ev])
-  vid = np.stack([r["video"] for r in ev])
+  lat, vid = loop.load_eval_clips(c, args.data)  # the clips the demo's metrics.json scores
   levels, n = tuple(c.model.fsq_levels), int(c.model.num_registers)
   budgets = flow.pow2_budgets(n)
   steps = sorted({int(s) for s in args.steps.split(",")})
