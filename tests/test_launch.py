@@ -16,17 +16,28 @@ from packaging.requirements import Requirement
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch")
 # Flags a user passes through: spaces, quotes and shell syntax must reach vft verbatim.
-USER_FLAGS = ["--config.note=a b'c", '--config.data.path=gs://bucket/k600 "128"',
-              "--config.seed=3", "--config.tag=$HOME;rm -rf ~ `id`"]
+USER_FLAGS = ["--config.note=a b'c", '--config.codec.path=/mnt/vid tok/"model".safetensors',
+              "--config.seed=3", "--config.tag=$HOME;echo injected `id`"]
 
 
 def _script(name, *args, env=None, cwd=ROOT):
+  """Runs launch/<name> outside any SLURM job but the one `env` describes."""
+  base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
   return subprocess.run(["bash", os.path.join(LAUNCH, name), *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=60, env=dict(os.environ, **(env or {})))
+                        text=True, timeout=60, env={**base, **(env or {})})
+
+
+def _bash_words(line):
+  """The words bash makes of `line` (a simple command: no operators outside quotes)."""
+  r = subprocess.run(["bash", "-c", "printf '%s\\0' " + line], capture_output=True, check=True)
+  return r.stdout.decode().split("\0")[:-1]
 
 
 def _commands(stdout):
-  return [shlex.split(line) for line in stdout.splitlines()]
+  """Each printed line split with shlex, checked against bash's own split."""
+  commands = [shlex.split(line) for line in stdout.splitlines()]
+  assert [_bash_words(line) for line in stdout.splitlines()] == commands
+  return commands
 
 
 def _remote(argv):
@@ -35,10 +46,13 @@ def _remote(argv):
   return shlex.split(command.removeprefix("--command="))
 
 
+TRAIN = ["train", "--config=configs/tokenizer_d12_d12.py", "--workdir=gs://bucket/runs/d12_d12",
+         "--config.data.dir=gs://bucket/k600_128", *USER_FLAGS]
+
+
 def test_tpu_pod_dry_run():
-  r = _script("tpu_pod.sh", "--dry-run", "--project=my-proj", "--python=python3.12", "my-v5p-64",
-              "us-east5-a", "train", "configs/tokenizer_d12_d12.py", "gs://bucket/runs/d12_d12",
-              *USER_FLAGS)
+  r = _script("tpu_pod.sh", "--dry-run", "--project=my-proj", "--python=python3.12",
+              "--gcloud-flag=--internal-ip", "my-v5p-64", "us-east5-a", *TRAIN)
   assert r.returncode == 0, r.stderr
   archive, scp, install, train = _commands(r.stdout)
   commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -47,52 +61,54 @@ def test_tpu_pod_dry_run():
   assert archive == ["git", "archive", "--format=tar.gz", f"--output={tarball}", commit]
   assert tarball.endswith(f"vft-{commit}.tar.gz")
   assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, "my-v5p-64:vft.tar.gz",
-                 "--zone=us-east5-a", "--worker=all", "--project=my-proj"]
+                 "--zone=us-east5-a", "--worker=all", "--project=my-proj", "--internal-ip"]
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5p-64", "--zone=us-east5-a",
-         "--worker=all", "--project=my-proj"]
+         "--worker=all", "--project=my-proj", "--internal-ip"]
   assert install[:-1] == ssh and train[:-1] == ssh
   steps = " ".join(_remote(install)).split(" && ")
   assert steps[0] == "mkdir -p ~/vft" and steps[1].startswith("find ~/vft ")
   assert "! -name .venv -exec rm -rf {} +" in steps[1]  # the venv survives a re-copy
   assert steps[2:] == ["tar -xzf ~/vft.tar.gz -C ~/vft", "rm ~/vft.tar.gz", "cd ~/vft",
                        "make venv ACCEL=tpu PYTHON=python3.12"]
-  assert _remote(train) == [
-      "cd", "~/vft", "&&", ".venv/bin/python", "-m", "vft.main", "train",
-      "--config=configs/tokenizer_d12_d12.py", "--workdir=gs://bucket/runs/d12_d12",
-      "--distributed", *USER_FLAGS]
+  assert _remote(train) == ["cd", "~/vft", "&&", ".venv/bin/python", "-m", "vft.main", *TRAIN,
+                            "--distributed"]
+  (command,) = [a for a in train if a.startswith("--command=cd ~/vft && ")]
+  assert _bash_words(command.removeprefix("--command=cd ~/vft && ")) == _remote(train)[3:]
 
 
-def test_tpu_pod_without_project_runs_from_any_folder(tmp_path):
-  r = _script("tpu_pod.sh", "--dry-run", "t", "z", "eval", "c.py", "gs://b/w", cwd=tmp_path)
+def test_tpu_pod_prep_without_project_from_any_folder(tmp_path):
+  prep = ["prep", "--input=/mnt/k600/train", "--output=gs://bucket/k600_128",
+          "--config=configs/prep_video.py:k600_128", "--config.codec.path=../vidtok.safetensors"]
+  r = _script("tpu_pod.sh", "--dry-run", "t", "z", *prep, cwd=tmp_path)
   assert r.returncode == 0, r.stderr
-  *_, train = _commands(r.stdout)
-  assert not any(a.startswith("--project") for a in train)
-  assert _remote(train)[-4:] == ["eval", "--config=c.py", "--workdir=gs://b/w", "--distributed"]
-  assert "make venv ACCEL=tpu PYTHON=python3" in " ".join(_remote(_commands(r.stdout)[2]))
+  *_, install, run = _commands(r.stdout)
+  assert not any(a.startswith("--project") for a in install + run)
+  assert " && make venv ACCEL=tpu PYTHON=python3" in " ".join(_remote(install))
+  assert _remote(run)[3:] == [".venv/bin/python", "-m", "vft.main", *prep, "--distributed"]
 
 
 def test_slurm_dry_run(tmp_path):
   # As under sbatch: the script runs from elsewhere, the repo is the submission folder.
-  r = _script("slurm_gpu.sbatch", "--dry-run", "train", "configs/tokenizer_d12_d12.py",
-              "/shared/runs/d12 d12", *USER_FLAGS, cwd=tmp_path,
+  train = ["train", "--config=configs/tokenizer_d12_d12.py", "--workdir=/shared/runs/d12 d12",
+           *USER_FLAGS]
+  r = _script("slurm_gpu.sbatch", "--dry-run", *train, cwd=tmp_path,
               env={"SLURM_SUBMIT_DIR": ROOT, "SLURM_NTASKS_PER_NODE": "4",
                    "SLURM_GPUS_ON_NODE": "4", "PYTHON": "python3.12"})
   assert r.returncode == 0, r.stderr
   assert _commands(r.stdout) == [
       ["make", "venv", "ACCEL=cuda", "PYTHON=python3.12"],
-      ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "vft.main", "train",
-       "--config=configs/tokenizer_d12_d12.py", "--workdir=/shared/runs/d12 d12", "--distributed",
-       *USER_FLAGS]]
+      ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "vft.main", *train,
+       "--distributed"]]
 
 
 @pytest.mark.parametrize("script,args,env,message", [
     ("tpu_pod.sh", ["my-tpu", "us-east5-a"], {},
-     "expected TPU_NAME ZONE COMMAND CONFIG WORKDIR [VFT_FLAGS...], got 2 arguments"),
-    ("tpu_pod.sh", ["--zone=z", "t", "z", "train", "c", "w"], {}, "unknown option --zone=z"),
-    ("slurm_gpu.sbatch", ["train", "c"], {}, "expected COMMAND CONFIG WORKDIR"),
-    ("slurm_gpu.sbatch", ["train", "c", "w"], {"SLURM_NTASKS_PER_NODE": "1"},
+     "expected TPU_NAME ZONE COMMAND [VFT_FLAGS...], got 2 arguments"),
+    ("tpu_pod.sh", ["--zone=z", "t", "z", "train"], {}, "unknown option --zone=z"),
+    ("slurm_gpu.sbatch", [], {}, "expected COMMAND [VFT_FLAGS...]"),
+    ("slurm_gpu.sbatch", ["train"], {"SLURM_NTASKS_PER_NODE": "1"},
      "one process per GPU: got --ntasks-per-node=1 for 8 GPUs per node"),
-    ("slurm_gpu.sbatch", ["train", "c", "w"], {"SLURM_SUBMIT_DIR": "/"},
+    ("slurm_gpu.sbatch", ["train"], {"SLURM_SUBMIT_DIR": "/"},
      "/ is not the vft checkout: submit from its root"),
 ])
 def test_bad_arguments(script, args, env, message):
@@ -179,7 +195,8 @@ def test_accelerator_pins_follow_requirements(tmp_path):
       lines = f.read().splitlines()
     for marker in markers:
       section = requires.split(f"[{accel}:{marker}]\n", 1)[1].split("\n\n", 1)[0]
-      assert section.splitlines() == [l.split(";")[0].strip() for l in lines if marker in l]
+      assert sorted(section.splitlines()) == sorted(
+          l.split(";")[0].strip() for l in lines if marker in l), (accel, marker)
 
 
 def test_accelerator_pins_satisfy_installed_jax_extras():
