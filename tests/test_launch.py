@@ -20,11 +20,14 @@ USER_FLAGS = ["--config.note=a b'c", '--config.codec.path=/mnt/vid tok/"model".s
               "--config.seed=3", "--config.tag=$HOME;echo injected `id`"]
 
 
+# Outside any SLURM job (the tests set the variables they mean) and any calling make (`make test`).
+ENV = {k: v for k, v in os.environ.items()
+       if not k.startswith("SLURM_") and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+
 def _script(name, *args, env=None, cwd=ROOT):
-  """Runs launch/<name> outside any SLURM job but the one `env` describes."""
-  base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
   return subprocess.run(["bash", os.path.join(LAUNCH, name), *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=60, env={**base, **(env or {})})
+                        text=True, timeout=60, env={**ENV, **(env or {})})
 
 
 def _bash_words(line):
@@ -74,6 +77,29 @@ def test_tpu_pod_dry_run():
                             "--distributed"]
   (command,) = [a for a in train if a.startswith("--command=cd ~/vft && ")]
   assert _bash_words(command.removeprefix("--command=cd ~/vft && ")) == _remote(train)[3:]
+
+
+def test_tpu_pod_worker_setup_runs(tmp_path):
+  """The copy and install steps as a worker runs them (HOME=tmp_path; only gcloud's transport is
+  left out): a re-copy replaces the old tree, keeps ~/vft/.venv, and `make venv ACCEL=tpu` finds
+  an up-to-date TPU install there and does nothing."""
+  r = _script("tpu_pod.sh", "--dry-run", "t", "z", "train", env={"TMPDIR": str(tmp_path)})
+  archive, scp, install, _ = _commands(r.stdout)
+  subprocess.run(archive, cwd=ROOT, check=True)
+  home = tmp_path / "home"
+  (home / "vft" / ".venv").mkdir(parents=True)
+  (home / "vft" / "stale.py").write_text("")
+  shutil.copy(scp[5], home / "vft.tar.gz")
+  (home / "vft" / ".venv" / ".installed-tpu").touch()  # newer than the archived files
+  w = subprocess.run(["bash", "-c", install[-1].removeprefix("--command=")], capture_output=True,
+                     text=True, timeout=60, env=dict(ENV, HOME=str(home)))
+  assert w.returncode == 0, w.stderr
+  assert w.stdout == "make: Nothing to be done for 'venv'.\n", w.stdout
+  tree = sorted(os.listdir(home / "vft"))
+  assert ".venv" in tree and "stale.py" not in tree and not (home / "vft.tar.gz").exists()
+  tracked = subprocess.run(["git", "ls-tree", "--name-only", "HEAD"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+  assert tree == sorted(tracked + [".venv"])
 
 
 def test_tpu_pod_prep_without_project_from_any_folder(tmp_path):
@@ -135,7 +161,7 @@ def test_scripts_lint(name):
 
 def _make_venv(venv, accel=None):
   args = ["make", "-n", "venv", f"VENV={venv}"] + ([f"ACCEL={accel}"] if accel else [])
-  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+  return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, env=ENV)
 
 
 def test_make_venv_variants(tmp_path):
