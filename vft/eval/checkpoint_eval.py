@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from vft import flow
 from vft.eval import clips as clips_lib
 from vft.eval import fid as fid_lib
 from vft.eval import fvd as fvd_lib
@@ -84,14 +85,6 @@ def checkpoint_step(path: str) -> int:
   return 0
 
 
-def default_budgets(num_registers: int) -> list[int]:
-  out, k = [], 1
-  while k <= num_registers:
-    out.append(k)
-    k *= 2
-  return out
-
-
 def _gather_stats(stats: FeatureStats) -> FeatureStats:
   """Merges the statistics of every process (identity with one process)."""
   if jax.process_count() == 1:
@@ -135,11 +128,7 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
   if size is None:
     raise ValueError(f"{s.checkpoint}: the model records no frame size; pass --size")
   fps = s.fps or tok.fps
-  budgets = [int(k) for k in (s.budgets or default_budgets(tok.num_registers))]
-  bad = [k for k in budgets if not 1 <= k <= tok.num_registers]
-  if bad:
-    raise ValueError(f"--budgets {budgets}: each must lie in [1, {tok.num_registers}] (the "
-                     f"model's registers per latent frame); bad: {bad}")
+  budgets = flow.eval_budgets(tok.num_registers, s.budgets, "--budgets")
   fvd_frames = [f for f in s.fvd_frames if i3d_lib.MIN_FRAMES <= f <= s.num_frames]
   if s.fvd_frames and not fvd_frames:
     raise ValueError(f"fvd_frames {list(s.fvd_frames)}: none fits clips of {s.num_frames} "

@@ -184,12 +184,7 @@ class Trainer:
 
 
 def budgets_for(config, model: VideoFlexTok) -> list[int]:
-  budgets = config.eval.budgets or flow.pow2_budgets(model.cfg.num_registers)
-  bad = [k for k in budgets if not 1 <= int(k) <= model.cfg.num_registers]
-  if bad:
-    raise ValueError(f"config.eval.budgets {list(budgets)}: budgets must lie in "
-                     f"[1, num_registers={model.cfg.num_registers}], got {bad}")
-  return [int(k) for k in budgets]
+  return flow.eval_budgets(model.cfg.num_registers, config.eval.budgets, "config.eval.budgets")
 
 
 def load_eval_clips(config, data_root: str):
