@@ -168,9 +168,10 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
                   norm_threshold=float(s.apg_norm_threshold))
   key = jax.random.key(int(s.seed))
   enc_key, dec_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+  count = clips_lib.ClipCount()
   source = clips_lib.eval_clips(s.videos, num_frames=s.num_frames, size=size, fps=fps,
                                 split=s.split, clips_per_video=s.clips_per_video,
-                                max_clips=s.num_clips)
+                                max_clips=s.num_clips, count=count)
   n_local = 0
   for bi, batch in enumerate(clips_lib.batched(source, s.batch_size)):
     if bi % jax.process_count() != jax.process_index():
@@ -207,8 +208,12 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
       fake[(k, f)] = _gather_stats(fake[(k, f)])
   per_clip = {m: {k: _gather_list(v) for k, v in d.items()} for m, d in per_clip.items()}
   num_clips = len(per_clip["psnr"][budgets[0]])
+  if count.undecodable or count.skipped:
+    log(f"eval: skipped {len(count.undecodable)} undecodable and {len(count.skipped)} too "
+        f"short video(s) (listed in metrics.json)")
   if num_clips == 0:
-    raise ValueError(f"{s.videos}: no clips of {s.num_frames} frames found")
+    raise ValueError(f"{s.videos}: no clips of {s.num_frames} frames found (skipped: "
+                     f"{len(count.undecodable)} undecodable, {len(count.skipped)} too short)")
   if fvd_frames and num_clips < 2:
     raise ValueError(f"rFVD needs at least 2 clips, got {num_clips} (raise --num_clips or add "
                      "videos, or set fvd_frames=())")
@@ -229,6 +234,9 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
     stats_files = _write_stats(s, real, fake, cached_real, budgets, fvd_frames)
   record.update(
       budgets=budgets, num_clips=num_clips,
+      skipped_videos={"num_undecodable": len(count.undecodable),
+                      "num_too_short": len(count.skipped), "undecodable": count.undecodable,
+                      "too_short": count.skipped},
       checkpoint=os.path.abspath(s.checkpoint), checkpoint_step=checkpoint_step(s.checkpoint),
       videos=os.path.abspath(s.videos), split=s.split if clips_lib.is_shards(s.videos) else None,
       clip={"num_frames": s.num_frames, "size": size, "fps": fps,
