@@ -128,7 +128,7 @@ def main(argv=None):
                     for r in pipeline.load_split(args.data, c.data.train_split, ("latents",))])
   lat, vid = loop.load_eval_clips(c, args.data)  # the clips the demo's metrics.json scores
   levels, n = tuple(c.model.fsq_levels), int(c.model.num_registers)
-  budgets = flow.pow2_budgets(n)
+  budgets = flow.eval_budgets(n)
   steps = sorted({int(s) for s in args.steps.split(",")})
   print(f"demo data: {len(train)} train clips, {len(lat)} held-out clips, latents "
         f"{list(train.shape[1:])}; FSQ {list(levels)} x {n} registers; budgets {budgets}")

@@ -14,20 +14,23 @@ CODEC = PatchCodec(spatial_factor=SPATIAL)
 
 def write_tiny_dataset(out_dir, num_train: int = 24, num_eval: int = 2, nan_from: int | None = None):
   """train: `num_train` synthetic clips (latents [5, 4, 4, 192] bf16); eval: with pixels.
-  `nan_from`: index from which train latents are NaN (for the non-finite-loss guard)."""
+  A split with 0 clips is not written. `nan_from`: index from which train latents are NaN
+  (for the non-finite-loss guard)."""
   meta = {"codec": {"name": "patch", "spatial_factor": SPATIAL, "time_factor": 4}}
   videos = synthetic.make_videos(range(num_train + num_eval), FRAMES, SIZE)
   lat = np.asarray(CODEC.encode(jnp.asarray(videos, jnp.float32) / 127.5 - 1.0))
-  with ShardWriter(out_dir, "train", records_per_shard=8, meta=meta) as w:
-    for i in range(num_train):
-      x = lat[i].astype(np.float32)
-      if nan_from is not None and i >= nan_from:
-        x = np.full_like(x, np.nan)
-      w.write({"latents": x.astype(jnp.bfloat16), "video_id": f"synthetic/{i}"})
-  with ShardWriter(out_dir, "eval", records_per_shard=8, meta=meta) as w:
-    for i in range(num_train, num_train + num_eval):
-      w.write({"latents": lat[i].astype(jnp.bfloat16), "video": videos[i],
-               "video_id": f"synthetic/{i}"})
+  if num_train:
+    with ShardWriter(out_dir, "train", records_per_shard=8, meta=meta) as w:
+      for i in range(num_train):
+        x = lat[i].astype(np.float32)
+        if nan_from is not None and i >= nan_from:
+          x = np.full_like(x, np.nan)
+        w.write({"latents": x.astype(jnp.bfloat16), "video_id": f"synthetic/{i}"})
+  if num_eval:
+    with ShardWriter(out_dir, "eval", records_per_shard=8, meta=meta) as w:
+      for i in range(num_train, num_train + num_eval):
+        w.write({"latents": lat[i].astype(jnp.bfloat16), "video": videos[i],
+                 "video_id": f"synthetic/{i}"})
   return out_dir
 
 

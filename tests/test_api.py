@@ -136,6 +136,28 @@ def test_read_video_like_the_release(tok):
     tok.read_video(os.path.join(VIDEOS, "missing.mp4"))
 
 
+def test_read_video_never_repeats_frames(tok, tmp_path):
+  """A short video: the release's count (here 33) exceeds its 24 frames, so the default is the
+  largest valid count it holds (17); asking for more is an error. A truncated video is an
+  error in read_video and in `vft tokenize`, not 81 frames resampled from the 10 that decode."""
+  from vft.inference import cli
+  short = os.path.join(VIDEOS, "fire_room.mp4")  # 24 frames at 10 fps (2.4 s)
+  v = tok.read_video(short, fps=8.0)  # int(2.4 * 8) = 19 -> 33 > 24 -> 17
+  np.testing.assert_allclose(v, video_io.read_video_uniform(short, 17, size=16) / 127.5 - 1.0,
+                             atol=1e-6)
+  assert len({f.tobytes() for f in v}) == 17  # distinct source frames
+  with pytest.raises(ValueError, match="24 frames, fewer than the 33 needed"):
+    tok.read_video(short, num_frames=33)
+  cut = tmp_path / "t.mp4"
+  with open(os.path.join(VIDEOS, "airplane_field.mp4"), "rb") as f:
+    cut.write_bytes(f.read(20000))
+  with pytest.raises(video_io.DecodeError, match="t.mp4: decoding stopped at frame 10 "):
+    tok.read_video(str(cut))
+  with pytest.raises(video_io.DecodeError, match="t.mp4: decoding stopped at frame 10 "):
+    cli.tokenize_file("unused", str(cut), str(tmp_path / "t.npz"), tokenizer=tok)
+  assert not (tmp_path / "t.npz").exists()
+
+
 # ------------------------------------------------------------------ workdir + CLI
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

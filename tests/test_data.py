@@ -392,6 +392,27 @@ def test_video_io_errors(tmp_path):
     video_io.read_video(bad)
   with pytest.raises(ValueError, match="only 136 frames"):
     video_io.read_video(DESK, num_frames=500)
+  with pytest.raises(ValueError, match="136 frames, fewer than the 137 needed"):
+    video_io.read_video_uniform(DESK, 137, size=16)
+
+
+def test_truncated_video_is_an_error_naming_the_frame(tmp_path):
+  """The first 20000 bytes of a 250-frame mp4 (header intact): 10 frames decode, then FFmpeg's
+  frame-threaded decoder stops silently. Every read needing a later frame raises."""
+  src = Path(__file__).parents[2] / "shared" / "data" / "videos" / "airplane_field.mp4"
+  cut = tmp_path / "cut.mp4"
+  cut.write_bytes(src.read_bytes()[:20000])
+  head = video_io.read_video(cut, num_frames=10, size=32)  # the intact part reads
+  np.testing.assert_array_equal(head, video_io.read_video(src, num_frames=10, size=32))
+  msg = r"cut.mp4: decoding stopped at frame 10 .*0.360 s.*10.000 s, 250 frames"
+  reads = {"read_video": lambda: video_io.read_video(cut, size=32),
+           "read_video_11": lambda: video_io.read_video(cut, num_frames=11, size=32),
+           "read_video_uniform": lambda: video_io.read_video_uniform(cut, 17, size=32),
+           "iter_clips": lambda: list(video_io.iter_clips(cut, clip_len=17, size=32, fps=8)),
+           "seek": lambda: video_io.read_video(cut, start_sec=0.2, fps=8, size=32)}
+  for name, read in reads.items():
+    with pytest.raises(video_io.DecodeError, match=msg):
+      read()
 
 
 # ---------------------------------------------------------------- prep

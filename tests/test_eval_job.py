@@ -14,6 +14,7 @@ from tests.tiny_inference import CODEC, tiny_model
 from vft import VideoTokenizer
 from vft.data import video_io
 from vft.eval import checkpoint_eval as job
+from vft.eval import metrics
 from vft.eval.frechet import FeatureStats, stats_distance
 
 VIDEOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "videos")
@@ -28,11 +29,14 @@ def tok():
 
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory):
-  """Two real 17-frame clips at 32x32 written as mp4 (8 fps)."""
+  """Two real 17-frame clips at 32x32 written as mp4 (8 fps), and a truncated file (the first
+  20000 bytes of a 10 s video: 10 frames decode) that the eval job must skip and count."""
   d = tmp_path_factory.mktemp("videos")
   for name in ("asl_book.mp4", "bikes_street.mp4"):
     clip = video_io.read_video(os.path.join(VIDEOS, name), num_frames=17, size=SIZE)
     video_io.write_video(d / name, clip, fps=8)
+  with open(os.path.join(VIDEOS, "airplane_field.mp4"), "rb") as f:
+    (d / "truncated.mp4").write_bytes(f.read(20000))
   return d
 
 
@@ -84,6 +88,11 @@ def test_eval_job_scores_and_files(tok, video_dir, first_run):
   assert saved["psnr"] == pytest.approx(rec["psnr"], abs=1e-6)
   assert saved["sampler"]["steps"] == 2 and saved["seed"] == 7
   assert saved["fvd"]["num_real"] == {"16": 2, "17": 2}
+  # The truncated video: skipped whole (no clip repeats its frames), counted, with its reason.
+  skipped = saved["skipped_videos"]
+  assert skipped["num_undecodable"] == 1 and skipped["num_too_short"] == 0
+  assert skipped["undecodable"][0]["path"] == str(video_dir / "truncated.mp4")
+  assert "decoding stopped at frame 10" in skipped["undecodable"][0]["reason"]
   rows = list(csv.reader(open(out / "metrics.csv")))
   assert rows[0][:5] == ["budget", "psnr", "ssim", "lpips", "rfvd"]
   assert [r[0] for r in rows[1:]] == ["1", "4"]
@@ -177,8 +186,9 @@ def test_budget_evaluator_extra_metrics(tok, video_dir, monkeypatch, tmp_path):
   for k, rec in enumerate(b["recons"]):
     unit = rec.astype(np.float32) / 255.0  # 8-bit recon vs the float one: mse within 1e-4
     assert b["mse"][k] == pytest.approx(float(np.mean((unit - videos / 255.0) ** 2)), abs=1e-4)
-    mse_from_psnr = np.mean([10 ** (-p / 10) for p in a["psnr_per_clip"][k]])
-    assert mse_from_psnr == pytest.approx(b["mse"][k], rel=1e-4)
+    # PSNR is the per-frame dm-pix mean (vft.eval.metrics.psnr); 8-bit rounding moves it little
+    per_clip = np.asarray(metrics.psnr(unit, videos.astype(np.float32) / 255.0))
+    np.testing.assert_allclose(a["psnr_per_clip"][k], per_clip, atol=0.05)
   assert all(v > 0 for v in b["lpips"] + b["rfvd"])
   paths = recon.write_artifacts(str(tmp_path), b, videos, steps=5)
   saved = json.loads(open(paths["metrics"]).read())
@@ -206,3 +216,15 @@ def test_standalone_only_for_eval_configs():
     assert cli.standalone_requested()
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_clip_sources_skip_and_count_undecodable_videos(video_dir):
+  """Both folder readers skip the truncated video whole and record why."""
+  from vft.eval import clips as clips_lib
+  for read in (lambda c: clips_lib.fvd_clips(video_dir, 16, c),
+               lambda c: clips_lib.eval_clips(video_dir, num_frames=17, size=SIZE, fps=8.0,
+                                              count=c)):
+    count = clips_lib.ClipCount()
+    assert len(list(read(count))) == 2 and count.used == 2 and count.skipped == []
+    assert [u["path"] for u in count.undecodable] == [str(video_dir / "truncated.mp4")]
+    assert count.undecodable[0]["reason"].startswith("decoding stopped at frame 10")

@@ -58,6 +58,29 @@ def test_psnr_identical_is_finite_and_large():
   np.testing.assert_allclose(value, 100.0, atol=1e-3)  # 10 log10(1 / 1e-10).
 
 
+def test_psnr_is_the_mean_of_capped_frame_psnrs():
+  """Per-frame PSNR, then the mean over frames (not the PSNR of the clip's MSE)."""
+  a = np.full((1, 2, 8, 8, 3), 0.5, np.float32)
+  b = a.copy()
+  b[0, 1] += 0.1  # frame 0 identical (100 dB cap), frame 1 at 20 dB
+  np.testing.assert_allclose(metrics.psnr(a, b), [60.0], atol=1e-3)
+
+
+def test_psnr_and_ssim_are_dm_pix_per_frame():
+  """The one PSNR / SSIM definition: dm-pix on every frame, mean over frames per clip."""
+  import dm_pix as pix
+  a = _structured((2, 3, 32, 36, 3))
+  b = np.clip(a + 0.05 * _video(4, a.shape), 0, 1).astype(np.float32)
+  fa, fb = a.reshape(6, 32, 36, 3), b.reshape(6, 32, 36, 3)
+  np.testing.assert_allclose(jax.jit(metrics.psnr)(a, b),
+                             np.asarray(pix.psnr(fa, fb)).reshape(2, 3).mean(1), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(metrics.ssim)(a, b),
+                             np.asarray(pix.ssim(fa, fb)).reshape(2, 3).mean(1), rtol=1e-6)
+  scores = metrics.frame_scores(a, b)  # the eval job's table uses the same two functions
+  np.testing.assert_array_equal(scores["psnr"], metrics.psnr(a, b))
+  np.testing.assert_array_equal(scores["ssim"], metrics.ssim(a, b))
+
+
 # ----------------------------------------------------------------------------
 # SSIM.
 

@@ -123,3 +123,12 @@ def test_patch_codec_exact_and_frame_errors():
     codec.encode(jnp.zeros((1, 5, 18, 16, 3)))
   with pytest.raises(ValueError, match="latents"):
     codec.decode(jnp.zeros((1, 2, 4, 4, 10)))
+
+
+def test_eval_budgets_default_and_validation():
+  """The one default budget list (training eval, `vft eval`, benchmarks)."""
+  assert flow.eval_budgets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+  assert flow.eval_budgets(12, None) == flow.eval_budgets(12, []) == [1, 2, 4, 8, 12]
+  assert flow.eval_budgets(16, (4, 16)) == [4, 16]
+  with pytest.raises(ValueError, match=r"--budgets \[1, 32\].*num_registers=16.*\[32\]"):
+    flow.eval_budgets(16, [1, 32], "--budgets")

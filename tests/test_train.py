@@ -1,5 +1,7 @@
 """Training: loss decreases, sharded == single device, checkpoints, exact resume, guards."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,61 @@ def test_fsq_bound_loss_adds_the_hinge_on_the_tanh_argument(data_dir, tmp_path):
   c = tiny_config(data_dir, **{"train.fsq_bound_weight": 2.0, "train.fsq_bound": 1e3})
   _, aux = make_loss_fn(tr.model, c)(params, batch, key)
   assert float(aux["fsq_bound_loss"]) == 0.0
+
+
+def _event_tags(workdir) -> set[str]:
+  """Scalar/image tags in the TensorBoard event files of a workdir."""
+  import glob
+  import tensorflow as tf
+  tags = set()
+  for path in glob.glob(os.path.join(str(workdir), "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+@pytest.fixture(scope="module")
+def train_only_dir(tmp_path_factory):
+  """A dataset like `vft prep` writes: a train split, no eval split."""
+  return write_tiny_dataset(tmp_path_factory.mktemp("train_only"), num_train=8, num_eval=0)
+
+
+def test_train_without_eval_split_runs_with_eval_off(train_only_dir, tmp_path, caplog):
+  cfg = tiny_config(train_only_dir, total_steps=2, **{"eval.every_steps": 1,
+                                                       "checkpoint.every_steps": 2})
+  with caplog.at_level("INFO"):
+    last = loop.train_and_evaluate(cfg, str(tmp_path))
+  assert np.isfinite(last["loss"])
+  assert "Periodic eval is off" in caplog.text and "manifest.json" in caplog.text
+  tags = _event_tags(tmp_path)
+  assert "loss" in tags and not any(t.startswith("eval/") for t in tags), tags
+  assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "2"))
+
+
+def test_train_with_separate_eval_dataset(train_only_dir, tmp_path):
+  eval_dir = write_tiny_dataset(tmp_path / "held_out", num_train=0, num_eval=2)
+  cfg = tiny_config(train_only_dir, total_steps=1, **{
+      "eval.every_steps": 1, "eval.steps": 2, "eval.data_dir": str(eval_dir)})
+  lat, vid = loop.load_eval_clips(cfg, str(train_only_dir))
+  assert lat.shape == (2, 5, 4, 4, 192) and vid.shape == (2, 17, 16, 16, 3)
+  loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  tags = _event_tags(tmp_path / "run")
+  assert {f"eval/{m}_k{k:04d}" for m in ("psnr", "ssim") for k in (1, 2, 4)} <= tags, tags
+
+
+def test_required_eval_split_errors(train_only_dir, data_dir, tmp_path):
+  spec = [5, 4, 4, 192]
+  with pytest.raises(ValueError, match=r"config.eval.required=True.*'eval'.*manifest.json.*"
+                                       r"available splits: \['train'\]"):
+    loop.periodic_eval_clips(tiny_config(train_only_dir, **{"eval.required": True}),
+                             str(train_only_dir), spec)
+  # A configured eval dataset must hold the split.
+  cfg = tiny_config(data_dir, **{"eval.data_dir": str(train_only_dir)})
+  with pytest.raises(ValueError, match=rf"{train_only_dir}.*manifest.json.*'eval'"):
+    loop.periodic_eval_clips(cfg, str(data_dir), spec)
+  with pytest.raises(ValueError, match=r"eval latents \[5, 4, 4, 192\] differ from the "
+                                       r"training latents \[5, 4, 4, 48\]"):
+    loop.periodic_eval_clips(tiny_config(data_dir), str(data_dir), [5, 4, 4, 48])
+  # Without a requirement the data's own eval split is used.
+  lat, _ = loop.periodic_eval_clips(tiny_config(data_dir), str(data_dir), spec)
+  assert lat.shape[0] == 2

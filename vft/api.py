@@ -160,7 +160,12 @@ class VideoTokenizer:
                  num_frames: int | None = None, size: int | None = None) -> np.ndarray:
     """Reads a clip as the release's `read_mp4` does: frames sampled uniformly over the whole
     video (count = duration * fps rounded up to 1 + 16k, or `num_frames`), bicubic short-side
-    resize to `size`, centre crop, scaled to [-1, 1] -> float32 [T, size, size, 3]."""
+    resize to `size`, centre crop, scaled to [-1, 1] -> float32 [T, size, size, 3].
+
+    Frames are never repeated: where the release's count exceeds the video's frames, the
+    default count is the largest valid one the video holds (an explicit `num_frames` above it
+    is an error), and a file that does not decode to its end raises
+    `vft.data.video_io.DecodeError` naming it and the frame where decoding stopped."""
     if size is None:
       if self.frame_size is None or self.frame_size[0] != self.frame_size[1]:
         raise ValueError("read_video: pass size= (the model does not record a square size)")
@@ -170,6 +175,8 @@ class VideoTokenizer:
       total = info.num_frames or video_io.count_frames(path)
       duration = total / info.fps if info.fps else info.duration
       num_frames = self.chunking.round_up_frames(int(duration * (fps or self.fps)))
+      if num_frames > total:  # the release would repeat frames here
+        num_frames = self.chunking.round_down_frames(total)
     else:
       self.chunking.chunks_for_frames(num_frames)  # validates
     frames = video_io.read_video_uniform(path, num_frames, size=size, crop=True)

@@ -89,7 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=1000, num_clips=8, steps=25, budgets=ml_collections.FieldReference(
           None, field_type=list), guidance_scale=1.0, seed=1234,
       # during training: "psnr", "ssim" always; add "lpips", "mae", "mse", "rfvd" (I3D) if wanted
-      metrics=("psnr", "ssim")))
+      metrics=("psnr", "ssim"),
+      # Clips of the periodic eval (and of the workdir `vft eval`): the `data.eval_split` records
+      # (latents + video) of `data_dir` ("" -> the training data dir). When that split is absent
+      # and neither `required` nor `data_dir` is set (e.g. `vft prep` output, which writes only a
+      # train split), training runs with periodic eval off and logs why; otherwise a missing
+      # split is an error naming the manifest and the split.
+      data_dir="", required=False))
   return c
 
 

@@ -52,6 +52,19 @@ def pow2_budgets(num_registers: int) -> list[int]:
   return out + [num_registers]
 
 
+def eval_budgets(num_registers: int, budgets=None, what: str = "budgets") -> list[int]:
+  """The token budgets an evaluation renders: `budgets` (each checked to lie in
+  [1, num_registers]) or, when empty/None, `pow2_budgets(num_registers)`. `what` names the
+  setting in the error (e.g. "config.eval.budgets", "--budgets")."""
+  if not budgets:
+    return pow2_budgets(num_registers)
+  bad = [k for k in budgets if not 1 <= int(k) <= num_registers]
+  if bad:
+    raise ValueError(f"{what} {list(budgets)}: budgets must lie in [1, num_registers="
+                     f"{num_registers}] (tokens per latent frame), got {bad}")
+  return [int(k) for k in budgets]
+
+
 def sample_keep_k(key: jax.Array, batch: int, num_registers: int, mode: str = "pow2") -> jax.Array:
   """One nested-dropout budget per sample, int32 [B] in [1, N].
 

@@ -8,6 +8,14 @@ size x size square is cropped (crop=True) or the aspect ratio kept (crop=False).
 metadata (the DISPLAYMATRIX of phone videos) is applied, so frames come out upright.
 `read_video_uniform` samples like the official `read_mp4` instead: a given number of frames
 spread evenly over the whole video (np.linspace indices).
+
+Errors, never padding: a file that stops decoding before the end its header gives (a truncated
+or corrupt file; FFmpeg's frame-threaded decoder drops the error, so the last decoded frame's
+end time is checked against the stream duration) raises `DecodeError` naming the file and the
+frame where decoding stopped, as soon as a read needs a frame past that point. A video that
+decodes cleanly but has fewer frames than a read asks for raises ValueError naming both counts.
+No reader repeats frames to fill a clip (time sampling at an `fps` above the source rate shows
+each source frame for as long as it is on screen; that is resampling, not filling).
 """
 from __future__ import annotations
 
@@ -23,6 +31,11 @@ import imageio.v3 as iio
 import numpy as np
 
 _EPS = 1e-6
+
+
+class DecodeError(ValueError):
+  """A video file that cannot be decoded to its end: it does not open as a video, or it is
+  truncated or corrupt (decoding stops early)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +54,10 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
   try:
     container = av.open(str(path))
   except av.error.FFmpegError as e:
-    raise ValueError(f"{path}: cannot open as a video ({e})") from None
+    raise DecodeError(f"{path}: cannot open as a video ({e})") from None
   if not container.streams.video:
     container.close()
-    raise ValueError(f"{path}: has no video stream")
+    raise DecodeError(f"{path}: has no video stream")
   return container
 
 
@@ -94,19 +107,49 @@ def _resize(frame: av.VideoFrame, size: int | None, crop: bool) -> np.ndarray:
   return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
+def _end_time(container, stream) -> float | None:
+  """The end of the video stream in seconds (start + duration from the header), or None."""
+  tb = stream.time_base
+  start = float((stream.start_time or 0) * tb) if tb is not None else 0.0
+  if stream.duration is not None and tb is not None:
+    return start + float(stream.duration * tb)
+  if container.duration is not None:
+    return start + container.duration / av.time_base
+  return None
+
+
 def _decoded(container, path: Path, start_sec: float) -> Iterator[tuple[float, av.VideoFrame]]:
-  """(timestamp in seconds, frame) for every decoded frame, from a seek before start_sec."""
+  """(timestamp in seconds, frame) for every decoded frame, from a seek before start_sec.
+
+  Raises DecodeError when decoding fails or ends more than two frame intervals before the
+  stream's end (see the module doc)."""
   stream = container.streams.video[0]
   stream.thread_type = "AUTO"
   rate = float(stream.average_rate or stream.guessed_rate or 30.0)
   if start_sec > 0 and stream.time_base is not None:
     offset = int(start_sec / stream.time_base) + (stream.start_time or 0)
     container.seek(offset, stream=stream, backward=True, any_frame=False)
+  n, t = 0, None
+
+  def stopped() -> str:  # the frame number counts from the video's start, also after a seek
+    if t is None:
+      return f"{path}: decoding stopped at frame 0 (no frame decoded)"
+    t0 = float((stream.start_time or 0) * stream.time_base) if stream.time_base else 0.0
+    k = n if start_sec <= 0 else int(round((t - t0) * rate)) + 1
+    return f"{path}: decoding stopped at frame {k} (the last decoded, at {t:.3f} s)"
+
   try:
-    for i, frame in enumerate(container.decode(stream)):
-      yield (frame.time if frame.time is not None else i / rate), frame
+    for frame in container.decode(stream):
+      t = frame.time if frame.time is not None else n / rate
+      n += 1
+      yield t, frame
   except av.error.FFmpegError as e:
-    raise ValueError(f"{path}: cannot decode video ({e})") from None
+    raise DecodeError(f"{stopped()} ({e})") from None
+  end = _end_time(container, stream)
+  if end is not None and (t is None or t + 2.0 / rate < end):
+    total = f", {stream.frames} frames" if stream.frames else ""
+    raise DecodeError(f"{stopped()}, before the end of the video ({end:.3f} s{total} by its "
+                      "header): truncated or corrupt file")
 
 
 def iter_frames(path: str | os.PathLike, *, fps: float | None = None, start_sec: float = 0.0,
@@ -233,6 +276,9 @@ def read_video_uniform(path: str | os.PathLike, num_frames: int, *, size: int | 
   path = Path(path)
   total = probe_video(path).num_frames or count_frames(path)
   for _ in range(2):  # a second pass when the header's frame count was wrong
+    if total < num_frames:
+      raise ValueError(f"{path}: {total} frames, fewer than the {num_frames} needed (frames "
+                       "are never repeated to fill a clip; ask for fewer)")
     idx = uniform_indices(total, num_frames)
     pick = set(idx.tolist())
     wanted: dict[int, np.ndarray] = {}
@@ -241,9 +287,7 @@ def read_video_uniform(path: str | os.PathLike, num_frames: int, *, size: int | 
       for n, (_, frame) in enumerate(_decoded(container, path, 0.0), start=1):
         if n - 1 in pick:
           wanted[n - 1] = _resize(frame, size, crop)
-    if n == total or n == 0:
+    if n == total:
       break
-    total = n
-  if n == 0:
-    raise ValueError(f"{path}: no decodable frames")
+    total = n  # decoded cleanly to the end: the header's count was off
   return np.stack([wanted[i] for i in idx])

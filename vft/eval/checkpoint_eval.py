@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from vft import flow
 from vft.eval import clips as clips_lib
 from vft.eval import fid as fid_lib
 from vft.eval import fvd as fvd_lib
@@ -84,14 +85,6 @@ def checkpoint_step(path: str) -> int:
   return 0
 
 
-def default_budgets(num_registers: int) -> list[int]:
-  out, k = [], 1
-  while k <= num_registers:
-    out.append(k)
-    k *= 2
-  return out
-
-
 def _gather_stats(stats: FeatureStats) -> FeatureStats:
   """Merges the statistics of every process (identity with one process)."""
   if jax.process_count() == 1:
@@ -135,11 +128,7 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
   if size is None:
     raise ValueError(f"{s.checkpoint}: the model records no frame size; pass --size")
   fps = s.fps or tok.fps
-  budgets = [int(k) for k in (s.budgets or default_budgets(tok.num_registers))]
-  bad = [k for k in budgets if not 1 <= k <= tok.num_registers]
-  if bad:
-    raise ValueError(f"--budgets {budgets}: each must lie in [1, {tok.num_registers}] (the "
-                     f"model's registers per latent frame); bad: {bad}")
+  budgets = flow.eval_budgets(tok.num_registers, s.budgets, "--budgets")
   fvd_frames = [f for f in s.fvd_frames if i3d_lib.MIN_FRAMES <= f <= s.num_frames]
   if s.fvd_frames and not fvd_frames:
     raise ValueError(f"fvd_frames {list(s.fvd_frames)}: none fits clips of {s.num_frames} "
@@ -179,9 +168,10 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
                   norm_threshold=float(s.apg_norm_threshold))
   key = jax.random.key(int(s.seed))
   enc_key, dec_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+  count = clips_lib.ClipCount()
   source = clips_lib.eval_clips(s.videos, num_frames=s.num_frames, size=size, fps=fps,
                                 split=s.split, clips_per_video=s.clips_per_video,
-                                max_clips=s.num_clips)
+                                max_clips=s.num_clips, count=count)
   n_local = 0
   for bi, batch in enumerate(clips_lib.batched(source, s.batch_size)):
     if bi % jax.process_count() != jax.process_index():
@@ -218,8 +208,12 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
       fake[(k, f)] = _gather_stats(fake[(k, f)])
   per_clip = {m: {k: _gather_list(v) for k, v in d.items()} for m, d in per_clip.items()}
   num_clips = len(per_clip["psnr"][budgets[0]])
+  if count.undecodable or count.skipped:
+    log(f"eval: skipped {len(count.undecodable)} undecodable and {len(count.skipped)} too "
+        f"short video(s) (listed in metrics.json)")
   if num_clips == 0:
-    raise ValueError(f"{s.videos}: no clips of {s.num_frames} frames found")
+    raise ValueError(f"{s.videos}: no clips of {s.num_frames} frames found (skipped: "
+                     f"{len(count.undecodable)} undecodable, {len(count.skipped)} too short)")
   if fvd_frames and num_clips < 2:
     raise ValueError(f"rFVD needs at least 2 clips, got {num_clips} (raise --num_clips or add "
                      "videos, or set fvd_frames=())")
@@ -240,6 +234,9 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
     stats_files = _write_stats(s, real, fake, cached_real, budgets, fvd_frames)
   record.update(
       budgets=budgets, num_clips=num_clips,
+      skipped_videos={"num_undecodable": len(count.undecodable),
+                      "num_too_short": len(count.skipped), "undecodable": count.undecodable,
+                      "too_short": count.skipped},
       checkpoint=os.path.abspath(s.checkpoint), checkpoint_step=checkpoint_step(s.checkpoint),
       videos=os.path.abspath(s.videos), split=s.split if clips_lib.is_shards(s.videos) else None,
       clip={"num_frames": s.num_frames, "size": size, "fps": fps,

@@ -165,6 +165,7 @@ def run_fvd(args: list[str]) -> dict:
     print(json.dumps(res))
   else:
     print(f"clips: {res['num_clips_a']} vs {res['num_clips_b']} (skipped as too short: "
-          f"{res['skipped_a']} / {res['skipped_b']}); frames {pre.frames}, resize {pre.resize}")
+          f"{res['skipped_a']} / {res['skipped_b']}, undecodable: {len(res['undecodable_a'])} / "
+          f"{len(res['undecodable_b'])}); frames {pre.frames}, resize {pre.resize}")
     print(f"fvd: {res['fvd']:.4f}")
   return res

@@ -8,7 +8,11 @@ counted. `.npy` files holding uint8 [T, H, W, 3] are read the same way.
 Eval job (`eval_clips`): a folder holding `manifest.json` is read as vft shards (the `video`
 field of a split); any other folder as videos, `clips_per_video` consecutive clips of
 `num_frames` frames sampled at `fps`, short side resized to `size` and centre-cropped
-(`vft.data.video_io.iter_clips`).
+(`vft.data.video_io.iter_clips`); videos with no such clip are skipped and counted.
+
+In both, a file that stops decoding before the frames a clip needs (`video_io.DecodeError`:
+truncated or corrupt) is skipped whole, counted with its reason in `ClipCount.undecodable` and
+logged; its frames are never repeated to fill a clip.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from absl import logging
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg")
@@ -59,8 +64,15 @@ def first_frames(path: str | os.PathLike, frames: int) -> np.ndarray | None:
 
 @dataclasses.dataclass
 class ClipCount:
+  """Clips used; videos skipped as too short (paths) or undecodable ({"path", "reason"})."""
   used: int = 0
   skipped: list[str] = dataclasses.field(default_factory=list)
+  undecodable: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+  def add_undecodable(self, path: str | os.PathLike, error: Exception) -> None:
+    reason = str(error).removeprefix(f"{path}: ")
+    self.undecodable.append({"path": str(path), "reason": reason})
+    logging.warning("skipping %s: %s", path, reason)
 
 
 def fvd_clips(folder: str | os.PathLike, frames: int, count: ClipCount | None = None,
@@ -70,7 +82,12 @@ def fvd_clips(folder: str | os.PathLike, frames: int, count: ClipCount | None = 
   for path in list_videos(folder):
     if max_clips is not None and count.used >= max_clips:
       return
-    clip = first_frames(path, frames)
+    from vft.data import video_io
+    try:
+      clip = first_frames(path, frames)
+    except video_io.DecodeError as e:
+      count.add_undecodable(path, e)
+      continue
     if clip is None:
       count.skipped.append(str(path))
       continue
@@ -83,10 +100,12 @@ def is_shards(path: str | os.PathLike) -> bool:
 
 
 def eval_clips(source: str | os.PathLike, *, num_frames: int, size: int, fps: float | None,
-               split: str = "eval", clips_per_video: int = 1,
-               max_clips: int | None = None) -> Iterator[np.ndarray]:
-  """Streams uint8 [num_frames, size, size, 3] clips for reconstruction (see module doc)."""
+               split: str = "eval", clips_per_video: int = 1, max_clips: int | None = None,
+               count: ClipCount | None = None) -> Iterator[np.ndarray]:
+  """Streams uint8 [num_frames, size, size, 3] clips for reconstruction (see module doc);
+  `count` collects the videos skipped."""
   source = os.fspath(source)
+  count = count if count is not None else ClipCount()
   n = 0
   if is_shards(source):
     from vft.data import pipeline
@@ -107,11 +126,21 @@ def eval_clips(source: str | os.PathLike, *, num_frames: int, size: int, fps: fl
   for path in list_videos(source):
     if path.suffix.lower() in ARRAY_EXTENSIONS:
       raise ValueError(f"{path}: .npy clips are for `vft fvd`; the eval job reads videos/shards")
-    for clip in video_io.iter_clips(path, clip_len=num_frames, size=size, fps=fps,
-                                    max_clips=clips_per_video):
+    if max_clips is not None and n >= max_clips:
+      return
+    try:  # all of a video's clips first: an undecodable file contributes none
+      clips = list(video_io.iter_clips(path, clip_len=num_frames, size=size, fps=fps,
+                                       max_clips=clips_per_video))
+    except video_io.DecodeError as e:
+      count.add_undecodable(path, e)
+      continue
+    if not clips:
+      count.skipped.append(str(path))
+    for clip in clips:
       if max_clips is not None and n >= max_clips:
         return
       n += 1
+      count.used += 1
       yield clip
 
 

@@ -122,7 +122,7 @@ def folder_stats(fvd: FVD, path: str, max_clips: int | None = None,
     raise ValueError(f"{path}: FVD needs at least 2 clips of >= {fvd.pre.frames} frames; found "
                      f"{stats.n} ({len(count.skipped)} too short)")
   stats.meta.update(source=os.path.abspath(path), num_clips=stats.n,
-                    skipped_short=len(count.skipped))
+                    skipped_short=len(count.skipped), skipped_undecodable=len(count.undecodable))
   return stats, count
 
 
@@ -139,4 +139,5 @@ def fvd_folders(path_a: str, path_b: str, fvd: FVD, *, max_clips: int | None = N
     b.save(save_b)
   return {"fvd": stats_distance(a, b), "num_clips_a": a.n, "num_clips_b": b.n,
           "skipped_a": len(ca.skipped), "skipped_b": len(cb.skipped),
+          "undecodable_a": ca.undecodable, "undecodable_b": cb.undecodable,
           "preprocessing": fvd.meta}

@@ -1,24 +1,26 @@
-"""Reconstruction metrics for videos: PSNR and SSIM, per clip, jit-able.
+"""Reconstruction metrics for videos: the one PSNR / SSIM definition of vft, per clip, jit-able.
 
-All functions take videos shaped `[B, T, H, W, C]` with values in `[0, max_val]`
-and return one value per clip, shape `[B]`. They are pure `jax.numpy`, so they
-can be called inside `jax.jit` and on sharded arrays; shape checks run at trace
-time on static shapes.
+Every PSNR / SSIM in vft (the demo, the training-time eval, `vft eval`, benchmarks) is this
+module's `psnr` / `ssim`: dm-pix per frame (`dm_pix.psnr`, `dm_pix.ssim`: 11x11 Gaussian window,
+sigma 1.5, k1 0.01, k2 0.03, valid filtering, as tf.image.ssim), then the mean over the frames of
+a clip (the VidTok / MAGVIT convention). Frame PSNR is capped at 100 dB (`PSNR_CAP`, the value
+of an MSE of 1e-10 at max_val 1) so identical frames give a finite score.
+
+All functions take videos shaped `[B, T, H, W, C]` with values in `[0, max_val]` and return
+one value per clip, shape `[B]`. Shape checks run at trace time on static shapes.
 """
 from __future__ import annotations
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-# PSNR clamps the MSE from below so identical clips give a finite score:
-# 10 * log10(max_val**2 / 1e-10), i.e. 100 dB for max_val = 1.
-MSE_FLOOR = 1e-10
+# Frame PSNR is capped so identical frames give a finite score: 100 dB = 10 * log10(1 / 1e-10),
+# i.e. the frame MSE floored at 1e-10 on the [0, 1] range dm-pix assumes.
+PSNR_CAP = 100.0
 
-# SSIM constants from Wang et al. 2004 (also the tf.image.ssim defaults).
+# SSIM window (Wang et al. 2004; the dm-pix and tf.image.ssim defaults).
 SSIM_FILTER_SIZE = 11
-SSIM_FILTER_SIGMA = 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
 
 
 def _check_pair(a: jax.Array, b: jax.Array, fn: str) -> None:
@@ -49,13 +51,19 @@ def to_unit(video: jax.Array) -> jax.Array:
   return jnp.clip((jnp.asarray(video) + 1.0) * 0.5, 0.0, 1.0)
 
 
-def psnr(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
-  """Peak signal-to-noise ratio in dB per clip.
+def _frames(x: jax.Array) -> jax.Array:
+  """[B, T, H, W, C] -> [B * T, H, W, C] float32."""
+  return x.reshape(-1, *x.shape[2:]).astype(jnp.float32)
 
-  The MSE is averaged over all of T, H, W, C of a clip, then
-  `10 * log10(max_val**2 / mse)`. The MSE is clamped at `MSE_FLOOR` (1e-10) so
-  identical clips give a large finite value (100 dB for max_val = 1) instead
-  of +inf.
+
+def _per_clip(values: jax.Array, bsz: int) -> jax.Array:
+  """[B * T] per-frame values -> [B] means over frames."""
+  return jnp.mean(values.reshape(bsz, -1), axis=1)
+
+
+def psnr(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
+  """Peak signal-to-noise ratio in dB per clip: `dm_pix.psnr` of every frame (on values
+  divided by `max_val`), capped at `PSNR_CAP`, averaged over the frames.
 
   Args:
     a, b: float videos `[B, T, H, W, C]` in [0, max_val].
@@ -65,49 +73,15 @@ def psnr(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
   """
   a, b = jnp.asarray(a), jnp.asarray(b)
   _check_pair(a, b, "psnr")
-  diff = a.astype(jnp.float32) - b.astype(jnp.float32)
-  mse = jnp.mean(jnp.square(diff), axis=(1, 2, 3, 4))
-  mse = jnp.maximum(mse, MSE_FLOOR)
-  return 10.0 * jnp.log10(jnp.float32(max_val) ** 2 / mse)
-
-
-def _gaussian_1d(size: int, sigma: float) -> jax.Array:
-  """`[size]` normalised Gaussian taps centred on the middle tap."""
-  coords = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2.0
-  g = jnp.exp(-0.5 * jnp.square(coords) / sigma**2)
-  return g / jnp.sum(g)
-
-
-def _gaussian_filter_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
-  """Separable 'valid' Gaussian filter over H and W of every channel.
-
-  Args:
-    x: `[N, H, W, K]` float32.
-    taps: `[S]` 1-D filter.
-  Returns:
-    `[N, H - S + 1, W - S + 1, K]`.
-  """
-  k = x.shape[-1]
-  size = taps.shape[0]
-  # Depthwise (feature_group_count = K) kernels in HWIO layout.
-  kernel_h = jnp.broadcast_to(taps.reshape(size, 1, 1, 1), (size, 1, 1, k))
-  kernel_w = jnp.broadcast_to(taps.reshape(1, size, 1, 1), (1, size, 1, k))
-  dims = ("NHWC", "HWIO", "NHWC")
-  # HIGHEST: on TPU the default would run the convolution in bfloat16 passes.
-  for kernel in (kernel_h, kernel_w):
-    x = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="VALID",
-        dimension_numbers=dims, feature_group_count=k,
-        precision=jax.lax.Precision.HIGHEST)
-  return x
+  scale = 1.0 / float(max_val)
+  frame = pix.psnr(_frames(a) * scale, _frames(b) * scale)
+  return _per_clip(jnp.minimum(frame, PSNR_CAP), a.shape[0])
 
 
 def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
-  """Structural similarity per clip (Wang et al. 2004), matching tf.image.ssim.
-
-  An 11x11 Gaussian window (sigma 1.5, applied as two separable 1-D passes),
-  K1 = 0.01, K2 = 0.03, 'valid' filtering (no padding). The SSIM map is
-  computed per frame and per channel, averaged over H, W and C, then over T.
+  """Structural similarity per clip: `dm_pix.ssim` of every frame (defaults: 11x11 Gaussian,
+  sigma 1.5, k1 0.01, k2 0.03, valid filtering, averaged over H, W and C; equals
+  tf.image.ssim), averaged over the frames.
 
   Args:
     a, b: float videos `[B, T, H, W, C]` in [0, max_val], H and W >= 11.
@@ -117,68 +91,27 @@ def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
   """
   a, b = jnp.asarray(a), jnp.asarray(b)
   _check_pair(a, b, "ssim")
-  bsz, t, h, w, c = a.shape
+  h, w = a.shape[2:4]
   if h < SSIM_FILTER_SIZE or w < SSIM_FILTER_SIZE:
     raise ValueError(
         f"ssim: frames must be at least {SSIM_FILTER_SIZE}x{SSIM_FILTER_SIZE} "
         f"(the Gaussian window); got H={h}, W={w} from shape {tuple(a.shape)}")
-  x = a.astype(jnp.float32)
-  y = b.astype(jnp.float32)
-  # [B, T, H, W, C] -> [B*T*C, H, W, 1]: each (frame, channel) is one image.
-  x = jnp.moveaxis(x, -1, 2).reshape(bsz * t * c, h, w)
-  y = jnp.moveaxis(y, -1, 2).reshape(bsz * t * c, h, w)
-  # Filter the five local statistics in one depthwise pass: [N, H, W, 5].
-  stats = jnp.stack([x, y, x * x, y * y, x * y], axis=-1)
-  taps = _gaussian_1d(SSIM_FILTER_SIZE, SSIM_FILTER_SIGMA)
-  mu_x, mu_y, e_xx, e_yy, e_xy = jnp.moveaxis(
-      _gaussian_filter_valid(stats, taps), -1, 0)
-
-  c1 = (SSIM_K1 * max_val) ** 2
-  c2 = (SSIM_K2 * max_val) ** 2
-  # Same algebra as tf.image.ssim: luminance * contrast-structure, with
-  # covariances written as E[xy] - E[x]E[y] (biased estimator).
-  mu_xy2 = 2.0 * mu_x * mu_y
-  mu_sq = jnp.square(mu_x) + jnp.square(mu_y)
-  luminance = (mu_xy2 + c1) / (mu_sq + c1)
-  cs = (2.0 * e_xy - mu_xy2 + c2) / (e_xx + e_yy - mu_sq + c2)
-  ssim_map = luminance * cs                      # [B*T*C, H', W']
-  per_channel = jnp.mean(ssim_map, axis=(1, 2)).reshape(bsz, t, c)
-  return jnp.mean(jnp.mean(per_channel, axis=-1), axis=-1)
-
-
-# ----------------------------------------------------------------------------
-# Per-frame scores with dm-pix (the eval job's PSNR / SSIM) and pixel errors.
-#
-# Pinned definitions (docs: evaluation notes §2): PSNR per frame (`pix.psnr`, max_val 1), then
-# the mean over frames (VidTok / MAGVIT convention; `psnr` above is the per-clip-MSE variant);
-# SSIM per frame and channel (`pix.ssim`: 11-tap Gaussian, sigma 1.5, k1 .01, k2 .03), mean over
-# frames; MAE / MSE over all pixels in [0, 1].
-
-
-def _frames(x: jax.Array) -> jax.Array:
-  """[B, T, H, W, C] -> [B * T, H, W, C] float32."""
-  return x.reshape(-1, *x.shape[2:]).astype(jnp.float32)
+  frame = pix.ssim(_frames(a), _frames(b), max_val=float(max_val),
+                   filter_size=SSIM_FILTER_SIZE)
+  return _per_clip(frame, a.shape[0])
 
 
 def frame_scores(recon: jax.Array, target: jax.Array) -> dict[str, jax.Array]:
-  """PSNR (per-frame mean), SSIM, MAE and MSE per clip.
+  """PSNR and SSIM (`psnr`, `ssim`), MAE and MSE (over all pixels) per clip.
 
   Args:
     recon, target: float videos `[B, T, H, W, C]` in [0, 1], H and W >= 11.
   Returns:
     {"psnr", "ssim", "mae", "mse"}: each `[B]` float32.
   """
-  import dm_pix as pix  # Local: only the eval job needs dm-pix.
-
   recon, target = jnp.asarray(recon), jnp.asarray(target)
   _check_pair(recon, target, "frame_scores")
-  bsz, t = recon.shape[:2]
-  a, b = _frames(recon), _frames(target)
-  diff = a - b
-  mse_frame = jnp.maximum(jnp.mean(jnp.square(diff), axis=(1, 2, 3)), MSE_FLOOR)
-  psnr_frame = 10.0 * jnp.log10(1.0 / mse_frame)  # = pix.psnr with the MSE floor
-  ssim_frame = pix.ssim(a, b, max_val=1.0)
-  per_clip = lambda v: jnp.mean(v.reshape(bsz, t), axis=1)
-  return {"psnr": per_clip(psnr_frame), "ssim": per_clip(ssim_frame),
-          "mae": jnp.mean(jnp.abs(diff).reshape(bsz, -1), axis=1),
-          "mse": jnp.mean(jnp.square(diff).reshape(bsz, -1), axis=1)}
+  bsz = recon.shape[0]
+  diff = (recon.astype(jnp.float32) - target.astype(jnp.float32)).reshape(bsz, -1)
+  return {"psnr": psnr(recon, target), "ssim": ssim(recon, target),
+          "mae": jnp.mean(jnp.abs(diff), axis=1), "mse": jnp.mean(jnp.square(diff), axis=1)}

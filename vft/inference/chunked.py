@@ -118,6 +118,13 @@ class ChunkSpec:
     k = -(-(num_frames - 1) // self.stride_frames)
     return 1 + k * self.stride_frames
 
+  def round_down_frames(self, num_frames: int) -> int:
+    """The largest valid frame count <= num_frames (>= 1): chunk + k * stride, or 1 + 4k for
+    less than one chunk."""
+    if num_frames >= self.chunk_frames:
+      return num_frames - (num_frames - self.chunk_frames) % self.stride_frames
+    return max(1, num_frames - (num_frames - 1) % self.time_factor)
+
 
 @dataclasses.dataclass(frozen=True)
 class ChunkDraws:

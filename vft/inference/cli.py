@@ -10,6 +10,7 @@ import json
 import os
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 
 from vft.api import VideoTokenizer
@@ -112,7 +113,8 @@ def _original(meta: dict, tok: VideoTokenizer, shape) -> np.ndarray | None:
     return None
   try:
     v = tok.read_video(src, num_frames=int(meta["num_frames"]), size=int(shape[1]))
-  except (ValueError, KeyError, OSError):
+  except (ValueError, KeyError, OSError) as e:  # e.g. video_io.DecodeError: the grid goes without
+    logging.warning("detokenize: the grid leaves out the original %s: %s", src, e)
     return None
   v = to_uint8(v)
   return v if v.shape == tuple(shape) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -184,25 +185,52 @@ class Trainer:
 
 
 def budgets_for(config, model: VideoFlexTok) -> list[int]:
-  budgets = config.eval.budgets or flow.pow2_budgets(model.cfg.num_registers)
-  bad = [k for k in budgets if not 1 <= int(k) <= model.cfg.num_registers]
-  if bad:
-    raise ValueError(f"config.eval.budgets {list(budgets)}: budgets must lie in "
-                     f"[1, num_registers={model.cfg.num_registers}], got {bad}")
-  return [int(k) for k in budgets]
+  return flow.eval_budgets(model.cfg.num_registers, config.eval.budgets, "config.eval.budgets")
+
+
+def eval_data_dir(config, data_root: str) -> str:
+  """Where the eval clips live: config.eval.data_dir, else the training data dir."""
+  return config.eval.get("data_dir") or data_root
 
 
 def load_eval_clips(config, data_root: str):
-  """-> (latents [n, ...] float32, videos [n, T, H, W, 3] uint8) from the eval split."""
-  records = pipeline.load_split(data_root, config.data.eval_split, fields=("latents", "video"))
+  """-> (latents [n, ...] float32, videos [n, T, H, W, 3] uint8) from the eval split of
+  `eval_data_dir(config, data_root)`; an error naming the manifest and split if it is absent."""
+  root = eval_data_dir(config, data_root)
+  records = pipeline.load_split(root, config.data.eval_split, fields=("latents", "video"))
   records = records[: int(config.eval.num_clips)]
   if not records:
-    raise ValueError(f"eval split {config.data.eval_split!r} in {data_root} is empty")
+    raise ValueError(f"eval split {config.data.eval_split!r} in {root} is empty")
   if any("video" not in r for r in records):
     raise ValueError(f"eval split {config.data.eval_split!r} records need the 'video' field")
   lat = np.stack([np.asarray(r["latents"], np.float32) for r in records])
   vid = np.stack([r["video"] for r in records])
   return lat, vid
+
+
+def periodic_eval_clips(config, data_root: str, latent_shape: Sequence[int]):
+  """The clips of the periodic eval (`load_eval_clips`), or None (eval off, logged) when the
+  data has no eval split and config.eval asks for none (neither `required` nor `data_dir`).
+  `latent_shape`: [T, h, w, C] of the training data; the eval latents must match it."""
+  root, split = eval_data_dir(config, data_root), config.data.eval_split
+  manifest = os.path.join(root, writer.MANIFEST_NAME)
+  required = bool(config.eval.get("required", False)) or bool(config.eval.get("data_dir"))
+  if not required and split not in writer.read_manifest(root)["splits"]:
+    metrics_lib.log("Periodic eval is off: %s has no split %r (config.data.eval_split) and "
+                    "config.eval.data_dir is not set; to evaluate during training, prep "
+                    "held-out videos with --config.split=eval (or --config.eval_videos=N) and "
+                    "set config.eval.data_dir", manifest, split)
+    return None
+  try:
+    clips = load_eval_clips(config, data_root)
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"periodic eval (config.eval.required={config.eval.get('required')}, "
+                     f"config.eval.data_dir={config.eval.get('data_dir')!r}) needs split "
+                     f"{split!r} of {manifest}: {e}") from None
+  if list(clips[0].shape[1:]) != list(latent_shape):
+    raise ValueError(f"{manifest} (split {split!r}): eval latents {list(clips[0].shape[1:])} "
+                     f"differ from the training latents {list(latent_shape)}")
+  return clips
 
 
 def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
@@ -215,9 +243,10 @@ def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming), evaluating budgets periodically; returns the last train metrics."""
   trainer = Trainer(config, workdir)
-  clips = load_eval_clips(config, trainer.data_root)
   try:
-    return trainer.run(make_evaluator(config, trainer), clips)
+    clips = periodic_eval_clips(config, trainer.data_root, trainer.spec)
+    evaluator = None if clips is None else make_evaluator(config, trainer)
+    return trainer.run(evaluator, clips)
   finally:
     trainer.close()
 
