@@ -12,10 +12,12 @@ SIZE, FRAMES, SPATIAL = 16, 17, 4
 CODEC = PatchCodec(spatial_factor=SPATIAL)
 
 
-def write_tiny_dataset(out_dir, num_train: int = 24, num_eval: int = 2, nan_from: int | None = None):
+def write_tiny_dataset(out_dir, num_train: int = 24, num_eval: int = 2, nan_from: int | None = None,
+                       repa_dim: int | None = None):
   """train: `num_train` synthetic clips (latents [5, 4, 4, 192] bf16); eval: with pixels.
   A split with 0 clips is not written. `nan_from`: index from which train latents are NaN
-  (for the non-finite-loss guard)."""
+  (for the non-finite-loss guard). `repa_dim`: also random REPA targets [5, 4, 4, repa_dim]
+  bf16 in the train records."""
   meta = {"codec": {"name": "patch", "spatial_factor": SPATIAL, "time_factor": 4}}
   videos = synthetic.make_videos(range(num_train + num_eval), FRAMES, SIZE)
   lat = np.asarray(CODEC.encode(jnp.asarray(videos, jnp.float32) / 127.5 - 1.0))
@@ -25,7 +27,11 @@ def write_tiny_dataset(out_dir, num_train: int = 24, num_eval: int = 2, nan_from
         x = lat[i].astype(np.float32)
         if nan_from is not None and i >= nan_from:
           x = np.full_like(x, np.nan)
-        w.write({"latents": x.astype(jnp.bfloat16), "video_id": f"synthetic/{i}"})
+        rec = {"latents": x.astype(jnp.bfloat16), "video_id": f"synthetic/{i}"}
+        if repa_dim:
+          rng = np.random.default_rng(i)
+          rec["repa"] = rng.normal(size=(*x.shape[:3], repa_dim)).astype(jnp.bfloat16)
+        w.write(rec)
   if num_eval:
     with ShardWriter(out_dir, "eval", records_per_shard=8, meta=meta) as w:
       for i in range(num_train, num_train + num_eval):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vft import flow
+from vft import flow, sharding
 from vft.data import video_io
 from vft.inference.chunked import ChunkDraws, ChunkedTokenizer, ChunkSpec
 from vft.models.tokenizer import VideoFlexTok
@@ -51,16 +51,20 @@ class VideoTokenizer:
     fps: default sampling rate for reading videos.
     posterior: "sample" (the release: the codec posterior is sampled) or "mode" (its mean).
     source: where the model came from (recorded in tokenized files).
+    mesh, rules: where the jitted stages run and their logical axis rules (default: one
+      device, `vft.sharding.DEFAULT_RULES`).
   """
 
   def __init__(self, model: VideoFlexTok, params: Any, codec, *,
                chunking: ChunkSpec | None = None, frame_size: tuple[int, int] | None = None,
-               fps: float | None = None, posterior: str = "sample", source: str = ""):
+               fps: float | None = None, posterior: str = "sample", source: str = "",
+               mesh=None, rules=sharding.DEFAULT_RULES):
     self.model, self.params, self.codec = model, params, codec
     self.frame_size = tuple(frame_size) if frame_size is not None else None
     self.fps = float(fps) if fps else DEFAULT_FPS
     self.source = source
-    self.runner = ChunkedTokenizer(model, codec, chunking, posterior=posterior)
+    self.runner = ChunkedTokenizer(model, codec, chunking, posterior=posterior, mesh=mesh,
+                                   rules=rules)
 
   # ------------------------------------------------------------------ loading
   @classmethod
@@ -120,7 +124,8 @@ class VideoTokenizer:
     params = jax.device_put(jax.device_get(params), jax.devices()[0])
     fps = (config.data.get("prep") or {}).get("fps")
     return cls(model, params, codec, chunking=ChunkSpec(time_factor=codec.time_factor),
-               frame_size=(size, size), fps=fps, posterior=posterior, source=workdir)
+               frame_size=(size, size), fps=fps, posterior=posterior, source=workdir,
+               rules=sharding.rules_from_config(config.get("sharding_rules")))
 
   @classmethod
   def load(cls, path: str | os.PathLike, **kwargs) -> "VideoTokenizer":

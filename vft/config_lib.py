@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Of c.mesh, how many slices (TPU) or processes (GPU/CPU) each axis spans over the slow
+  # network (DCN); e.g. {"data": 4} on 4 slices. All 1: one slice (plain jax.make_mesh).
+  c.mesh_dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None: defaults
 
   # name "patch" (PatchCodec: spatial_factor, time_factor, pool) or "vidtok" (VidTokCodec from

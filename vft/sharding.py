@@ -5,14 +5,26 @@ Models annotate parameters (`nn.with_logical_partitioning`) and activations (`co
 `tensor`. Logical names used in vft:
   activations: batch, time, length, embed, heads, kv, mlp, vocab
   weights:     embed, mlp, heads, kv, vocab, layers (scan axis), norm (small vectors)
+
+`constrain` only acts while the rules and the mesh are active at trace time: every jitted step
+or model call that should be sharded is built with `jit(fn, mesh, rules, ...)`, which traces
+`fn` under `nn.logical_axis_rules(rules)` and calls it under `jax.set_mesh(mesh)`.
+
+Meshes come from `jax.make_mesh` (topology-aware), or with `config.mesh_dcn` (multi-slice /
+multi-host data parallelism) from `mesh_utils.create_hybrid_device_mesh`. Along the batch axes
+(data, fsdp) the devices are ordered by process: process p's devices hold one contiguous block
+of the global batch, process 0 the first rows (`batch_sharding`; the multi-process input
+pipeline relies on it).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -33,8 +45,15 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(mesh_shape: dict | Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Mesh with axes (data, fsdp, tensor) from `config.mesh` ({axis: size}, one size may be -1)."""
+def make_mesh(mesh_shape: dict | Any, devices: Sequence[jax.Device] | None = None,
+              dcn_shape: dict | Any | None = None) -> Mesh:
+  """Mesh with axes (data, fsdp, tensor) from `config.mesh` ({axis: size}, one size may be -1).
+
+  dcn_shape (`config.mesh_dcn`, {axis: size}, all 1 by default): how many slices (TPU) or
+  processes (other platforms) each axis spans; `config.mesh` is the total size, so each axis
+  size must be divisible by its DCN size. With a DCN size above 1, devices are laid out by
+  `create_hybrid_device_mesh` (each slice's part by its ICI topology), else by `jax.make_mesh`.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(mesh_shape.get(a, 1)) for a in MESH_AXES]
   unknown = set(dict(mesh_shape).keys()) - set(MESH_AXES)
@@ -51,8 +70,42 @@ def make_mesh(mesh_shape: dict | Any, devices: Sequence[jax.Device] | None = Non
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
                      f"devices, {len(devices)} available")
-  dev = np.asarray(devices).reshape(sizes)
-  return Mesh(dev, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  dcn = dict(dcn_shape or {})
+  unknown = set(dcn) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"config.mesh_dcn: unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+  dcn_sizes = [int(dcn.get(a, 1)) for a in MESH_AXES]
+  if any(d < 1 or s % d for s, d in zip(sizes, dcn_sizes)):
+    raise ValueError(f"config.mesh_dcn {dict(zip(MESH_AXES, dcn_sizes))}: every size must be "
+                     f">= 1 and divide the config.mesh size {dict(zip(MESH_AXES, sizes))}")
+  if any(d > 1 for d in dcn_sizes):
+    ici = [s // d for s, d in zip(sizes, dcn_sizes)]
+    attr = "slice_index" if hasattr(devices[0], "slice_index") else "process_index"
+    unit = "slices" if attr == "slice_index" else "processes"
+    granules = len({getattr(d, attr) for d in devices})
+    if int(np.prod(dcn_sizes)) != granules:
+      raise ValueError(f"config.mesh_dcn {dict(zip(MESH_AXES, dcn_sizes))} spans "
+                       f"{int(np.prod(dcn_sizes))} {unit}, but the devices belong to {granules}")
+    dev = mesh_utils.create_hybrid_device_mesh(ici, dcn_sizes, devices,
+                                               process_is_granule=attr == "process_index")
+  else:
+    dev = jax.make_mesh(sizes, MESH_AXES, devices=devices).devices
+  return Mesh(process_ordered(dev), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(config) -> Mesh:
+  """The mesh of `config.mesh` and `config.mesh_dcn` (absent in older configs: one slice)."""
+  return make_mesh(config.mesh, dcn_shape=config.get("mesh_dcn"))
+
+
+def process_ordered(devices: np.ndarray) -> np.ndarray:
+  """devices [data, fsdp, tensor] -> the same with the batch positions (data x fsdp, row-major)
+  stably sorted by process index, so every process holds a contiguous block of the batch and
+  process 0 the first rows. A layout that already has the property is returned unchanged."""
+  d, f, t = devices.shape
+  groups = devices.reshape(d * f, t)
+  order = np.argsort([min(x.process_index for x in g) for g in groups], kind="stable")
+  return groups[order].reshape(d, f, t)
 
 
 def rules_from_config(rules: Any | None) -> tuple[tuple[str, Any], ...]:
@@ -107,7 +160,41 @@ def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
   if not rules or mesh.empty:
     return x
   spec = nn.logical_to_mesh_axes(tuple(logical_names), rules)
-  return jax.lax.with_sharding_constraint(x, spec)
+  return jax.lax.with_sharding_constraint(x, fit_spec(spec, x.shape, mesh))
+
+
+class Jitted:
+  """A `jax.jit` of `fn` traced under `nn.logical_axis_rules(rules)` and called (and lowered)
+  under `jax.set_mesh(mesh)`, so `constrain` takes effect; see `jit`."""
+
+  def __init__(self, fn: Callable, mesh: Mesh, rules, **jit_kwargs):
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      with nn.logical_axis_rules(rules):
+        return fn(*args, **kwargs)
+    self.mesh, self.rules = mesh, rules
+    self._jitted = jax.jit(traced, **jit_kwargs)
+
+  def __call__(self, *args, **kwargs):
+    with jax.set_mesh(self.mesh):
+      return self._jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs) -> jax.stages.Lowered:
+    """For inspection: `.as_text()` holds the `sdy.sharding_constraint` ops of `constrain`."""
+    with jax.set_mesh(self.mesh):
+      return self._jitted.lower(*args, **kwargs)
+
+  def _cache_size(self) -> int:
+    return self._jitted._cache_size()
+
+
+def jit(fn: Callable, mesh: Mesh, rules, **jit_kwargs) -> Jitted:
+  """`jax.jit(fn, **jit_kwargs)` whose trace sees the logical axis `rules` and `mesh`.
+
+  The rules are entered inside the traced function (jit traces lazily at the first call, and a
+  rules context around `jax.jit(...)` alone would be gone by then); the mesh is set around
+  every call, so it is part of the compilation cache key."""
+  return Jitted(fn, mesh, rules, **jit_kwargs)
 
 
 def num_batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:

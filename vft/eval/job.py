@@ -18,7 +18,7 @@ from vft.train import state as state_lib
 
 def restore_eval_params(config, workdir: str, model, spec):
   """Params (EMA if present) of the latest checkpoint, without materialising a fresh state."""
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.mesh_from_config(config)
   rules = sharding.rules_from_config(config.sharding_rules)
   tx = optim_lib.make_optimizer(config)
   use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
@@ -39,6 +39,8 @@ def evaluate(config, workdir: str) -> dict:
   latents, videos = loop.load_eval_clips(config, data_root)
   budgets = loop.budgets_for(config, model)
   evaluator = BudgetEvaluator(model, make_codec(config.codec), steps=int(config.eval.steps),
+                              mesh=sharding.mesh_from_config(config),
+                              rules=sharding.rules_from_config(config.sharding_rules),
                               guidance_scale=float(config.eval.guidance_scale),
                               seed=int(config.eval.seed),
                               metrics=tuple(config.eval.get("metrics", ("psnr", "ssim"))))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vft import flow
+from vft import flow, sharding
 from vft.eval import metrics as metrics_lib
 from vft.eval import report
 from vft.eval.frechet import FeatureStats, stats_distance
@@ -28,10 +28,12 @@ class BudgetEvaluator:
   metrics: "psnr" and "ssim" always; add any of EXTRA_METRICS. "lpips" (AlexNet) and "rfvd" (I3D
   on the first 16 frames, TF1 resize; needs >= 2 clips of >= 16 frames, and with few clips it is
   only a trend, see vft.eval.fvd) load their networks here, once.
+  mesh / rules: where the model calls run (the training mesh and `config.sharding_rules`; default
+  one device and the default rules).
   """
 
   def __init__(self, model, codec, *, steps: int, guidance_scale: float = 1.0, seed: int = 0,
-               metrics: Sequence[str] = ("psnr", "ssim")):
+               metrics: Sequence[str] = ("psnr", "ssim"), mesh=None, rules=sharding.DEFAULT_RULES):
     unknown = sorted(set(metrics) - {"psnr", "ssim", *EXTRA_METRICS})
     if unknown:
       raise ValueError(f"eval metrics {unknown}: expected psnr, ssim or {EXTRA_METRICS}")
@@ -52,8 +54,9 @@ class BudgetEvaluator:
       lat = sample_latents(model, params, codes, noise, steps, keep_k=keep_k, guidance=guidance)
       return jnp.clip(codec.decode(lat), -1.0, 1.0)
 
-    self._encode = jax.jit(encode)
-    self._render = jax.jit(render)
+    mesh = sharding.make_mesh({}, jax.devices()[:1]) if mesh is None else mesh
+    self._encode = sharding.jit(encode, mesh, rules)
+    self._render = sharding.jit(render, mesh, rules)
     self._score = jax.jit(lambda a, b: (metrics_lib.psnr(a, b), metrics_lib.ssim(a, b)))
     self._pixels = jax.jit(metrics_lib.frame_scores)
     self.codec = codec

@@ -27,6 +27,7 @@ Layouts are channels-last: video [B, T, H, W, 3] in [-1, 1]; latents [B, t, h, w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Iterator, Sequence
 
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from vft import flow
+from vft import flow, sharding
 from vft.models import fsq
 from vft.models.tokenizer import VideoFlexTok, sample_latents
 
@@ -163,11 +164,12 @@ class ChunkedTokenizer:
   deterministic (PatchCodec: eps unused). A codec that carries its weights in a `params` field
   (VidTokCodec) gets them passed into the jitted functions as arguments, not baked-in constants.
   `posterior="mode"` uses the posterior mean instead of a sample (deterministic; not the
-  official behaviour).
+  official behaviour). `mesh` / `rules`: where the stages run and the logical axis rules their
+  activations follow (default: one device, the default rules).
   """
 
   def __init__(self, model: VideoFlexTok, codec, spec: ChunkSpec | None = None, *,
-               posterior: str = "sample"):
+               posterior: str = "sample", mesh=None, rules=sharding.DEFAULT_RULES):
     if posterior not in ("sample", "mode"):
       raise ValueError(f"posterior must be 'sample' or 'mode', got {posterior!r}")
     self.model, self.codec, self.posterior = model, codec, posterior
@@ -180,10 +182,12 @@ class ChunkedTokenizer:
     self._has_params = dataclasses.is_dataclass(codec) and hasattr(codec, "params")
     # Separately jitted stages, so the (large) codec programs are compiled once per shape and
     # shared by every chunk kind and sampler setting.
-    self._codec_encode_jit = jax.jit(self._with_codec(self._codec_encode))
-    self._codec_decode_jit = jax.jit(self._with_codec(lambda codec, lat: codec.decode(lat)))
-    self._model_encode_jit = jax.jit(self._model_encode)
-    self._sample_jit = jax.jit(self._sample, static_argnames=("steps", "guidance"))
+    mesh = sharding.make_mesh({}, jax.devices()[:1]) if mesh is None else mesh
+    jit = functools.partial(sharding.jit, mesh=mesh, rules=rules)
+    self._codec_encode_jit = jit(self._with_codec(self._codec_encode))
+    self._codec_decode_jit = jit(self._with_codec(lambda codec, lat: codec.decode(lat)))
+    self._model_encode_jit = jit(self._model_encode)
+    self._sample_jit = jit(self._sample, static_argnames=("steps", "guidance"))
 
   def _with_codec(self, fn):
     """fn(codec, ...) -> f(codec_params, ...) with the codec rebuilt around traced weights."""

@@ -43,8 +43,21 @@ def mlp_hidden_dim(dim: int) -> int:
   return int(2 * int(4 * dim) / 3)
 
 
+class _LogicalParam(nn.LogicallyPartitioned):
+  """A logically partitioned parameter whose unboxing constrains it with `sharding.constrain`
+  (mesh axes that do not divide a dimension are dropped, as in the state shardings), and not at
+  all while its rank differs from its names: `nn.DenseGeneral` initialises multi-dimensional
+  kernels / biases flat and unboxes them before reshaping (flax issue 3676)."""
+
+  def unbox(self, apply_constraint=True):
+    if not apply_constraint or self.value.ndim != len(self.names):
+      return self.value
+    return sharding.constrain(self.value, self.names)
+
+
 def dense_init(names: Sequence[str | None], init=nn.initializers.xavier_uniform()):
-  return nn.with_logical_partitioning(init, tuple(names))
+  """`init` with logical axis names (`nn.with_logical_partitioning`, usable in DenseGeneral)."""
+  return lambda *args: _LogicalParam(init(*args), tuple(names))
 
 
 class Attention(nn.Module):
@@ -65,7 +78,8 @@ class Attention(nn.Module):
         kernel_init=dense_init(("embed", "heads", "kv")))
     q, k, v = proj(name="wq")(x), proj(name="wk")(x), proj(name="wv")(x)  # [B, S, H, Dh]
     q, k = layer_norm(q), layer_norm(k)
-    q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
+    heads = ("batch", "length", "heads", "kv")
+    q, k, v = (sharding.constrain(a, heads) for a in (q, k, v))
     scale = 8.0 / self.head_dim
     if self.impl == "einsum":
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -77,6 +91,7 @@ class Attention(nn.Module):
           q, k, v, mask=mask[None, None], scale=scale, implementation=self.impl)
     else:
       raise ValueError(f"attention impl {self.impl!r} unknown; expected one of {ATTENTION_IMPLS}")
+    out = sharding.constrain(out, heads)
     return nn.DenseGeneral(
         dim, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
@@ -130,7 +145,7 @@ class Block(nn.Module):
     mod = nn.DenseGeneral(
         (num_seg, 6, d), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=dense_init(("embed", None, None, "mlp"), nn.initializers.zeros),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "mlp")),
+        bias_init=dense_init((None, None, "mlp"), nn.initializers.zeros),
         name="adaLN_modulation")(nn.silu(cond))  # [B, E, 6, D]
     mod = mod.astype(jnp.float32)[:, seg][:, None]  # [B, 1, L, 6, D]
     gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = (

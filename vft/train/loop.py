@@ -47,7 +47,7 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.mesh = sharding.mesh_from_config(config)
     self.rules = sharding.rules_from_config(config.sharding_rules)
     self.data_root = data_dir(config, workdir)
     # Manifest vs config: channels, latent grid, patch size, VAE identity, REPA targets.
@@ -84,8 +84,8 @@ class Trainer:
     self.init_report = None
     if self.checkpointer.latest_step() is None:  # a fresh run: start from config.init if set
       self._initialize_from_source()
-    self.train_step = jax.jit(
-        step_fn,
+    self.train_step = sharding.jit(
+        step_fn, self.mesh, self.rules,
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
         donate_argnums=(0,))
@@ -119,8 +119,7 @@ class Trainer:
     return pipeline.to_global_batch(local, self.batch_sharding)
 
   def step(self, batch):
-    with jax.set_mesh(self.mesh):
-      self.state, metrics = self.train_step(self.state, batch)
+    self.state, metrics = self.train_step(self.state, batch)
     return metrics
 
   def eval_params(self):
@@ -235,6 +234,7 @@ def periodic_eval_clips(config, data_root: str, latent_shape: Sequence[int]):
 
 def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
   return BudgetEvaluator(trainer.model, trainer.codec, steps=int(config.eval.steps),
+                         mesh=trainer.mesh, rules=trainer.rules,
                          guidance_scale=float(config.eval.guidance_scale),
                          seed=int(config.eval.seed),
                          metrics=tuple(config.eval.get("metrics", ("psnr", "ssim"))))
