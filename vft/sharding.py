@@ -8,6 +8,7 @@ Models annotate parameters (`nn.with_logical_partitioning`) and activations (`co
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -99,10 +100,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+_ACTIVATION_RULES: list = []
+
+
+@contextlib.contextmanager
+def activation_rules(rules):
+  """Rules for `constrain` while tracing, without flax's `nn.logical_axis_rules` (which also
+  re-constrains every boxed parameter and breaks under `nn.scan`). Trace the train step inside
+  `jax.set_mesh(mesh), activation_rules(rules)` so activations stay batch-sharded."""
+  _ACTIVATION_RULES.append(tuple(rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.pop()
+
+
 def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; a no-op unless a mesh (`jax.set_mesh`) and rules
-  (`nn.logical_axis_rules`) are active while tracing."""
-  rules = nn.get_logical_axis_rules()
+  (`activation_rules` or `nn.logical_axis_rules`) are active while tracing."""
+  rules = _ACTIVATION_RULES[-1] if _ACTIVATION_RULES else nn.get_logical_axis_rules()
   mesh = jax.sharding.get_abstract_mesh()
   if not rules or mesh.empty:
     return x
