@@ -23,7 +23,7 @@ MINILM := .cache/minilm-$(MINILM_VERSION)
 WORKDIR ?= runs/demo
 CONFIG  ?= configs/demo.py
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench plan clean
 
 $(STAMP): requirements.txt $(REQUIREMENTS) setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,26 @@ test-slow: $(STAMP) $(MINILM)/.unpacked
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+# `make plan`: memory/compile plan (vft/plan.py) in its own venv with libtpu (what
+# jax[tpu]==0.10.2 pins), kept out of .venv; the plan tests (tpu_aot included), then the table.
+TPU_VENV  := .venv-tpu
+TPU_STAMP := $(TPU_VENV)/.installed
+PLAN_CONFIG   ?= configs/tokenizer_d18_d28.py
+PLAN_TOPOLOGY ?= v5p-256
+
+$(TPU_STAMP): requirements.txt setup.py
+	test -x $(TPU_VENV)/bin/python || $(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TPU_VENV)/bin/python -m pip install -q -r requirements.txt "jax[tpu]==0.10.2" libtpu==0.0.42.1
+	$(TPU_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(TPU_VENV)/bin/python -m pip check
+	touch $(TPU_STAMP)
+
+plan: $(TPU_STAMP)
+	ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(TPU_VENV)/bin/python -m pytest -q tests/test_plan.py
+	ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(TPU_VENV)/bin/python -m vft.main plan --config=$(PLAN_CONFIG) \
+	    --topology=$(PLAN_TOPOLOGY)
 
 clean:
 	rm -rf runs .pytest_cache .cache

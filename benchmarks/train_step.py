@@ -2,7 +2,7 @@
 
 MFU is measured against a matmul peak measured in the same run on the same devices (f32, and
 bf16 with f32 accumulation), so the ratio is meaningful on a noisy shared machine. Model FLOPs
-are counted analytically (`model_flops`: 6 x matmul params x tokens + attention, no remat);
+are counted analytically (`vft.plan.model_flops`: 6 x matmul params x tokens + attention, no remat);
 XLA's cost analysis is printed beside them (it counts a scanned layer once, so it under-counts
 `model.scan=True` configs).
 
@@ -25,9 +25,10 @@ import jax.numpy as jnp  # noqa: E402
 from vft import sharding  # noqa: E402
 from vft.models.config import TokenizerConfig  # noqa: E402
 from vft.models.tokenizer import VideoFlexTok  # noqa: E402
+from vft.plan import latent_shape, model_flops  # noqa: E402
 from vft.train import optimizer as optim_lib  # noqa: E402
 from vft.train import state as state_lib  # noqa: E402
-from vft.train.step import make_train_step  # noqa: E402
+from vft.train.step import jit_train_step  # noqa: E402
 
 
 def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
@@ -54,30 +55,6 @@ def load_config(name: str):
   return cfg
 
 
-def model_flops(cfg, bs: int, spec) -> float:
-  """Analytic model FLOPs of one train step (forward + backward = 3x forward, no remat):
-  2 FLOPs per matmul parameter per token plus 4*S*D per token per layer for attention
-  (masked-out attention counted as done: dense kernels compute it)."""
-  m = cfg.model
-  t = spec[0] // m.patch_size[0]
-  hw = (spec[1] // m.patch_size[1]) * (spec[2] // m.patch_size[2])
-  s = t * (hw + m.num_registers)
-  block = lambda d: 4 * d * d + 3 * d * int(2 * int(4 * d) / 3)  # noqa: E731
-  fwd = 0.0
-  for d, depth in ((m.enc_width, m.enc_depth), (m.dec_width, m.dec_depth)):
-    fwd += depth * (2 * s * block(d) + 4 * s * s * d)
-  if m.repa_layer is not None and cfg.train.repa_weight > 0:
-    sp = t * hw
-    fwd += m.repa_depth * (2 * sp * block(m.dec_width) + 4 * sp * sp * m.dec_width)
-  return 3 * bs * fwd
-
-
-def latent_shape(cfg) -> tuple[int, ...]:
-  t = 1 + (cfg.data.clip_len - 1) // 4
-  s = cfg.data.size // cfg.codec.spatial_factor
-  return (t, s, s, cfg.model.latent_channels)
-
-
 def bench(name: str, steps: int, dtype: str | None) -> dict:
   cfg = load_config(name)
   if dtype:
@@ -97,8 +74,7 @@ def bench(name: str, steps: int, dtype: str | None) -> dict:
     batch["repa"] = jax.device_put(jax.random.normal(
         jax.random.key(2), (bs, spec[0], spec[1] // ph, spec[2] // pw, cfg.model.repa_dim),
         jnp.float32).astype(jnp.bfloat16), bsh)
-  step = jax.jit(make_train_step(model, tx, cfg), in_shardings=(shard, bsh),
-                 out_shardings=(shard, sharding.replicated(mesh)), donate_argnums=(0,))
+  step = jit_train_step(model, tx, cfg, mesh, sharding.rules_from_config(cfg.sharding_rules), shard)
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch).compile()
     cost = compiled.cost_analysis()

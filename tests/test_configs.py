@@ -19,7 +19,7 @@ from vft.models.vae import make_codec
 from vft.train import loop
 from vft.train import optimizer as optim_lib
 from vft.train import state as state_lib
-from vft.train.step import make_train_step
+from vft.train.step import jit_train_step
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -91,16 +91,13 @@ def _lower_one_step(config):
   gbs = int(config.data.global_batch_size)
   assert gbs % sharding.num_batch_shards(mesh, rules) == 0, gbs
   tx = optim_lib.make_optimizer(config)
-  step_fn = make_train_step(model, tx, config)
   use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
   state = state_lib.abstract_state(model, tx, (1, *spec), use_ema, mesh, rules)
   state_sharding = jax.tree_util.tree_map(lambda a: a.sharding, state)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   batch = _abstract_batch(config, spec, batch_sharding)
-  jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-  with jax.set_mesh(mesh):
-    return jitted.lower(state, batch), state, model
+  jitted = jit_train_step(model, tx, config, mesh, rules, state_sharding)
+  return jitted.lower(state, batch), state, model
 
 
 def _ids(cases):

@@ -14,7 +14,7 @@ from vft import sharding
 from vft.models.transformer import mlp_hidden_dim
 from vft.train import loop
 from vft.train import state as state_lib
-from vft.train.step import make_train_step
+from vft.train.step import jit_train_step
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 BATCH = ("data", "fsdp")
@@ -79,9 +79,7 @@ def test_changed_rule_changes_the_layout(trainer):
   shard = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
   batch = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tr.next_batch())
-  step = sharding.jit(make_train_step(tr.model, tr.tx, tr.config), tr.mesh, rules,
-                      in_shardings=(shard, tr.batch_sharding),
-                      out_shardings=(shard, sharding.replicated(tr.mesh)))
+  step = jit_train_step(tr.model, tr.tx, tr.config, tr.mesh, rules, shard, donate=False)
   found = constraints(step.lower(abstract, batch).as_text())
   shapes = expected_shapes(tr)
   assert found[shapes["heads"]] == {(BATCH, (), (), ())}
@@ -99,9 +97,7 @@ def test_sharded_bf16_steps_equal_single_device(trainer):
   state1, shard1 = state_lib.init_state(tr.model, tr.tx, jax.random.key(tr.config.seed),
                                         (1, *tr.spec), False, mesh1, tr.rules)
   batch1 = sharding.batch_sharding(mesh1, tr.rules)
-  step1 = sharding.jit(make_train_step(tr.model, tr.tx, tr.config), mesh1, tr.rules,
-                       in_shardings=(shard1, batch1),
-                       out_shardings=(shard1, sharding.replicated(mesh1)))
+  step1 = jit_train_step(tr.model, tr.tx, tr.config, mesh1, tr.rules, shard1)
   # Two steps: after the first, the adaLN-zero gates open and every parameter gets a gradient.
   for _ in range(2):
     state1, m1 = step1(state1, jax.device_put(host, batch1))

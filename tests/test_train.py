@@ -12,7 +12,7 @@ from vft import sharding
 from vft.train import loop
 from vft.train import optimizer as optim_lib
 from vft.train import state as state_lib
-from vft.train.step import make_loss_fn, make_train_step
+from vft.train.step import jit_train_step, make_loss_fn
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,9 @@ def test_sharded_step_equals_single_device(data_dir, tmp_path):
     st, shard = state_lib.init_state(model, tx, jax.random.key(0), (1, *tr.spec), False, mesh,
                                      sharding.DEFAULT_RULES)
     bsh = sharding.batch_sharding(mesh)
-    step = jax.jit(make_train_step(model, tx, cfg1), in_shardings=(shard, bsh),
-                   out_shardings=(shard, sharding.replicated(mesh)))
-    with jax.set_mesh(mesh):
-      st, m = step(st, jax.device_put(batch, bsh))
-      st, m = step(st, jax.device_put(batch, bsh))
+    step = jit_train_step(model, tx, cfg1, mesh, sharding.DEFAULT_RULES, shard, donate=False)
+    st, m = step(st, jax.device_put(batch, bsh))
+    st, m = step(st, jax.device_put(batch, bsh))
     results.append((jax.device_get(st.params), float(m["loss"]), shard))
   (p1, l1, _), (p8, l8, shard8) = results
   assert abs(l1 - l8) < 1e-5 * max(1.0, abs(l1))

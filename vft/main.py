@@ -11,6 +11,7 @@ Standalone jobs (no --workdir; flags defined in vft/data/cli.py and vft/eval/cli
   vft prep --input=DIR|GLOB|x.csv|x.jsonl|tfds:NAME --output=OUT [--config=configs/prep_video.py:k600_128]
   vft eval --checkpoint=WORKDIR|model.safetensors --videos=DIR|SHARDS --budgets=1,2,4 --out=OUT
   vft fvd DIR_A DIR_B [--frames=16] [--json]
+  vft plan --config=configs/x.py --topology=v5p-256   (memory/compile plan; vft/plan_cli.py)
 
 Inference (no --config; --model is an official .safetensors file or one of our workdirs):
   vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
@@ -30,6 +31,7 @@ from ml_collections import config_flags
 # modules import nothing heavy at the top).
 from vft.data import cli as data_cli
 from vft.eval import cli as eval_cli
+from vft import plan_cli
 
 COMMANDS = ("prep", "train", "eval", "demo")
 INFERENCE_COMMANDS = ("tokenize", "detokenize")
@@ -109,6 +111,8 @@ def main(argv):
     return inference(argv[1])
   if len(argv) > 1 and argv[1] == "prep" and data_cli.standalone_requested():
     return data_cli.prep_main(_CONFIG.value, _INPUT.value, _OUTPUT.value)
+  if len(argv) > 1 and argv[1] == "plan":
+    return plan_cli.plan_main(_CONFIG.value)
   if len(argv) > 1 and argv[1] == "eval" and eval_cli.standalone_requested():
     return eval_cli.eval_main(_CONFIG.value)
   config = _CONFIG.value

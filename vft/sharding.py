@@ -154,7 +154,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
   """Sharding constraint by logical names; a no-op unless a mesh (`jax.set_mesh`) and rules
-  (`nn.logical_axis_rules`) are active while tracing."""
+  (`nn.logical_axis_rules`, as `jit` enters them) are active while tracing."""
   rules = nn.get_logical_axis_rules()
   mesh = jax.sharding.get_abstract_mesh()
   if not rules or mesh.empty:

@@ -21,7 +21,7 @@ from vft.models.vae import make_codec
 from vft.train import init_from
 from vft.train import optimizer as optim_lib
 from vft.train import state as state_lib
-from vft.train.step import make_train_step
+from vft.train.step import jit_train_step, make_train_step
 
 
 def data_dir(config, workdir: str) -> str:
@@ -60,7 +60,7 @@ class Trainer:
       raise ValueError(f"config.data.global_batch_size={gbs} must be divisible by the process "
                        f"count {jax.process_count()} and the batch shards of the mesh ({shards})")
     self.tx = optim_lib.make_optimizer(config)
-    step_fn = make_train_step(self.model, self.tx, config)  # validates config.train
+    make_train_step(self.model, self.tx, config)  # validates config.train, before any I/O
     self.checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
         use_async=config.checkpoint.use_async)
@@ -84,11 +84,8 @@ class Trainer:
     self.init_report = None
     if self.checkpointer.latest_step() is None:  # a fresh run: start from config.init if set
       self._initialize_from_source()
-    self.train_step = sharding.jit(
-        step_fn, self.mesh, self.rules,
-        in_shardings=(self.state_sharding, self.batch_sharding),
-        out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
-        donate_argnums=(0,))
+    self.train_step = jit_train_step(self.model, self.tx, config, self.mesh, self.rules,
+                                     self.state_sharding)
 
   def _initialize_from_source(self) -> None:
     """Loads `config.init` (a stage-1 workdir or an official file) into params (and EMA)."""

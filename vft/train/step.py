@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vft import flow
+from vft import flow, sharding
 from vft.models import fsq
 from vft.models.tokenizer import VideoFlexTok
 from vft.train import frame_cond as frame_cond_lib
@@ -135,3 +135,15 @@ def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg) 
                          ema_params=ema), metrics
 
   return train_step
+
+
+def jit_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg, mesh, rules,
+                   state_sharding, *, donate: bool = True) -> sharding.Jitted:
+  """The train step as every caller runs it (Trainer, `vft plan`, benchmarks, tests):
+  `(state, batch) -> (state, metrics)` traced under the logical axis `rules` on `mesh`, the
+  state in `state_sharding`, the batch sharded over the batch axes, metrics replicated."""
+  return sharding.jit(
+      make_train_step(model, tx, cfg), mesh, rules,
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh, rules)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,) if donate else ())
