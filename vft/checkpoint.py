@@ -3,15 +3,24 @@
 Layout: <workdir>/checkpoints/<step>/{state, data}. Saves are asynchronous (config) with a
 keep-N policy; restore re-creates the state in the sharding of the abstract target, so a run can
 resume on a different mesh.
+
+Crash safety (orbax-checkpoint 0.12.8): a step is written under <step>.orbax-checkpoint-tmp and
+renamed to <step> once complete (on object stores without atomic rename, a commit_success.txt
+marks it instead); unfinished steps are never listed, so a save killed halfway is never resumed
+from. `Checkpointer.restore_latest` also survives a finished step whose files were damaged later.
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -90,9 +99,68 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored["state"]
 
+  def restore_latest(self, abstract_state: Any, data_iter: Any | None = None):
+    """`restore` of the newest readable step. A step that fails to load on any process (a
+    deleted or truncated array file, ...) is logged with its error, and the next older step is
+    tried; once one loads, the bad newer steps move to <directory>.corrupt/ (so their step numbers
+    can be saved again). -> (step, state), or None when there is no checkpoint. Raises
+    RuntimeError naming every step and error when none loads (and moves nothing)."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    bad = []
+    for step in steps:
+      try:
+        result, error = self.restore(abstract_state, data_iter, step=step), None
+      except Exception as e:  # noqa: BLE001 -- any failure to read makes the step unusable
+        result, error = None, e
+        logging.warning("Checkpoint step %d in %s is unreadable on process %d: %s", step,
+                        self.directory, jax.process_index(), _summary(e))
+      if _all_processes(error is None):
+        if bad:
+          logging.warning("Resuming from checkpoint step %d instead of the unreadable step(s) %s; "
+                          "moving those to %s.corrupt", step, [s for s, _ in bad], self.directory)
+          self._quarantine([s for s, _ in bad])
+        return result
+      bad.append((step, _summary(error) if error is not None else "failed on another process"))
+    raise RuntimeError(f"no readable checkpoint in {self.directory}: " + "; ".join(
+        f"step {s}: {e}" for s, e in bad))
+
+  def _quarantine(self, steps: list[int]) -> None:
+    """Moves the step directories `steps` to <directory>.corrupt/<step>[-<time>] (process 0)."""
+    if jax.process_index() == 0:
+      dest_root = epath.Path(self.directory + ".corrupt")
+      dest_root.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        dest = dest_root / str(step)
+        if dest.exists():
+          dest = dest_root / f"{step}-{int(time.time())}"
+        (epath.Path(self.directory) / str(step)).rename(dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_processes("vft_checkpoint_quarantine")
+    self.manager.reload()
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _all_processes(ok: bool) -> bool:
+  """True where `ok` holds on every process (an all-gather when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _summary(error: BaseException, limit: int = 200) -> str:
+  """`Type: first line` of `error` and of its causes (TensorStore errors run to pages and name
+  the file only in their cause), each cut at `limit` characters."""
+  parts = []
+  while error is not None and len(parts) < 4:
+    first = (str(error).strip().splitlines() or [""])[0]
+    parts.append(f"{type(error).__name__}: {first[:limit]}")
+    error = error.__cause__ or error.__context__
+  return " <- caused by ".join(parts)

@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.init.step = ml_collections.FieldReference(None, field_type=int)  # None: latest
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, use_async=True))
+  # Several processes without jax's preemption sync manager: all-gather the SIGTERM flags every
+  # this many steps (a host sync) to agree on the preemption checkpoint (vft/train/preemption.py).
+  c.checkpoint.preemption_sync_every = 10
   c.log_every_steps = 50
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -20,6 +20,7 @@ from vft.models.tokenizer import VideoFlexTok
 from vft.models.vae import make_codec
 from vft.train import init_from
 from vft.train import optimizer as optim_lib
+from vft.train import preemption
 from vft.train import state as state_lib
 from vft.train.step import jit_train_step, make_train_step
 
@@ -105,9 +106,11 @@ class Trainer:
         json.dump(report.to_json(), f, indent=1)
 
   def restore_if_any(self) -> int:
-    if self.checkpointer.latest_step() is None:
+    """Restores the newest readable checkpoint (falling back past corrupt ones). -> its step."""
+    restored = self.checkpointer.restore_latest(self.state, self.data_iter)
+    if restored is None:
       return 0
-    step, self.state = self.checkpointer.restore(self.state, self.data_iter)
+    step, self.state = restored
     metrics_lib.log("Resumed from step %d (%s)", step, self.checkpointer.directory)
     return step
 
@@ -126,7 +129,8 @@ class Trainer:
     """Trains to config.total_steps (resuming if a checkpoint exists). Returns last metrics.
 
     `until_step` stops early (as an interruption would: the schedule still spans total_steps)
-    after saving a checkpoint there.
+    after saving a checkpoint there. A SIGTERM saves a checkpoint at the next step boundary all
+    processes agree on and raises `preemption.Preempted` (SystemExit 143) once it is on disk.
     """
     cfg = self.config
     total = int(cfg.total_steps)
@@ -136,7 +140,9 @@ class Trainer:
     hooks = metrics_lib.create_progress(total, writer_)
     if start == 0 and jax.process_index() == 0:
       writer_.write_hparams({k: v for k, v in _flat(cfg.to_dict()).items()})
-    pending, last = None, {}
+    pending, last, preempted = None, {}, False
+    self.watch = watch = preemption.PreemptionWatch(
+        self.checkpointer.manager, start, cfg.checkpoint.preemption_sync_every)
     for step in range(start, stop):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         metrics = self.step(self.next_batch())
@@ -148,9 +154,12 @@ class Trainer:
       for h in hooks:
         h(step + 1)
       done = step + 1 == stop
-      if (step + 1) % cfg.checkpoint.every_steps == 0 or done:
+      preempted = watch.reached(step + 1)
+      if (step + 1) % cfg.checkpoint.every_steps == 0 or done or preempted:
         last = self._check(*pending)  # never save a state whose loss is not finite
         self.checkpointer.save(step + 1, self.state, self.data_iter)
+      if preempted:
+        break
       if evaluator is not None and ((step + 1) % cfg.eval.every_steps == 0 or done):
         res = evaluator(self.eval_params(), *eval_clips, budgets_for(cfg, self.model))
         writer_.write_scalars(step + 1, {
@@ -164,6 +173,11 @@ class Trainer:
       writer_.write_scalars(pending[0], last)
     writer_.flush()
     self.checkpointer.wait()
+    watch.close()
+    if preempted:
+      error = preemption.Preempted(step + 1, self.checkpointer.directory)
+      metrics_lib.log("%s", error)
+      raise error
     return last
 
   def _check(self, step: int, metrics) -> dict:
@@ -177,6 +191,8 @@ class Trainer:
     return host
 
   def close(self):
+    if getattr(self, "watch", None) is not None:
+      self.watch.close()  # the SIGTERM handler, if run() was left by an error
     self.checkpointer.close()
 
 
