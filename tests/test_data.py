@@ -240,22 +240,59 @@ def test_pipeline_process_slices_disjoint_and_covering(data_dir):
   assert sorted(seen[0] + seen[1]) == list(range(24))
 
 
-def test_pipeline_skips_and_counts_corrupt_records(data_dir, caplog):
+def test_pipeline_replaces_and_counts_corrupt_records(data_dir, caplog):
   shard = data_dir / "train-00001.array_record"  # records 5..9; corrupt record 7
   w = array_record_module.ArrayRecordWriter(str(shard), writer.WRITER_OPTIONS)
   for i in range(5, 10):
     w.write(b"\xc1 not a record" if i == 7 else records.encode_record(_example(i)))
   w.close()
+  clean = sum(_labels(pipeline.make_dataset(data_dir, "train", batch_size_per_process=1, seed=0,
+                                            shuffle=False, num_epochs=1, fields=("label",))), [])
+  assert clean == [i for i in range(24) if i != 7][:7] + [8] + list(range(8, 24))
   before = pipeline.corrupt_record_count()
   ds = pipeline.make_dataset(data_dir, "train", batch_size_per_process=1, seed=0, num_epochs=1,
                              fields=("label",))
   with caplog.at_level(logging.WARNING):
     labels = sum(_labels(ds), [])
-  assert sorted(labels) == [i for i in range(24) if i != 7]
+  assert len(labels) == 24 and set(labels) == set(range(24)) - {7}  # the slot is refilled
   assert pipeline.corrupt_record_count() == before + 1
   assert "train-00001.array_record[2]" in caplog.text
   with pytest.raises(records.CorruptRecordError, match=r"train-00001.array_record\[2\]"):
     pipeline.load_split(data_dir, "train")
+
+
+def _global_batches(data_dir, count, steps, state=None, gbs=8):
+  """The concatenated per-process batches (labels) of `steps` steps at `count` processes, and
+  the iterator states after them."""
+  its = [iter(pipeline.make_dataset(data_dir, "train", batch_size_per_process=gbs // count,
+                                    seed=5, process_index=p, process_count=count,
+                                    fields=("label",))) for p in range(count)]
+  if state is not None:
+    for it in its:
+      it.set_state(state)
+  out = [sum((next(it)["label"].tolist() for it in its), []) for _ in range(steps)]
+  return out, [it.get_state() for it in its]
+
+
+def test_pipeline_global_order_independent_of_process_count(data_dir):
+  # 24 records, global batch 20: batches straddle the epoch boundaries (each epoch reshuffled).
+  ref, _ = _global_batches(data_dir, 1, 10, gbs=20)
+  flat = sum(ref, [])
+  assert [sorted(flat[e * 24:(e + 1) * 24]) for e in range(5)] == [list(range(24))] * 5
+  assert flat[:24] != flat[24:48]
+  for count in (2, 4):
+    assert _global_batches(data_dir, count, 10, gbs=20)[0] == ref, count
+  assert sum(_global_batches(data_dir, 2, 9, gbs=8)[0], []) == flat[:72]  # same stream
+
+
+def test_pipeline_state_restores_under_another_process_count(data_dir):
+  ref, _ = _global_batches(data_dir, 1, 11)  # 88 records: crosses three epoch boundaries
+  first, states = _global_batches(data_dir, 2, 5)
+  assert first == ref[:5]
+  assert all(s == states[0] for s in states)  # the global position, equal in every process
+  assert states[0] == {"position": 40, "global_batch_size": 8}
+  for count in (1, 2, 4):
+    assert _global_batches(data_dir, count, 6, state=states[0])[0] == ref[5:], count
 
 
 def test_pipeline_missing_inputs(data_dir, tmp_path):

@@ -121,7 +121,9 @@ class VideoTokenizer:
     spec = codec.latent_shape(int(config.data.clip_len), size, size)
     model = build_model(config, spec)
     _, params = restore_eval_params(config, workdir, model, spec)
-    params = jax.device_put(jax.device_get(params), jax.devices()[0])
+    from jax.experimental import multihost_utils  # params may span processes (--distributed)
+    params = jax.device_put(multihost_utils.process_allgather(params, tiled=True),
+                            jax.local_devices()[0])
     fps = (config.data.get("prep") or {}).get("fps")
     return cls(model, params, codec, chunking=ChunkSpec(time_factor=codec.time_factor),
                frame_size=(size, size), fps=fps, posterior=posterior, source=workdir,

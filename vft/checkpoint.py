@@ -11,6 +11,7 @@ from. `Checkpointer.restore_latest` also survives a finished step whose files we
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -66,6 +67,20 @@ def restore_state_subtree(directory: str, step: int, target: Any) -> Any:
         item=target, restore_args=restore_args, partial_restore=True))
 
 
+def _other_count_data_state(directory: str, step: int) -> dict | None:
+  """The data-iterator state of checkpoint `step` when it was written under another process
+  count (grain names its files process_<i>-of-<n>.json), else None: the lowest process's file,
+  as vft.data.pipeline's state is the global position, the same in every process."""
+  path = epath.Path(directory) / str(step) / "data"
+  if (path / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists():
+    return None
+  files = sorted(path.glob("process_*-of-*.json"),
+                 key=lambda f: int(f.name.split("_")[1].split("-")[0]))
+  if not files:
+    raise FileNotFoundError(f"no data-iterator state (process_*-of-*.json) in {path}")
+  return json.loads(files[0].read_text())
+
+
 class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, use_async: bool = True):
     self.directory = os.path.abspath(directory)
@@ -87,16 +102,20 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None):
     """Restores the state into the shardings of `abstract_state` (a tree of arrays or
-    jax.ShapeDtypeStruct); restores `data_iter` in place. -> (step, state)."""
+    jax.ShapeDtypeStruct); restores `data_iter` in place, also from a checkpoint written under
+    another process count (its global position). -> (step, state)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     target = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
     items = {"state": ocp.args.StandardRestore(target)}
-    if data_iter is not None:
+    other = None if data_iter is None else _other_count_data_state(self.directory, step)
+    if data_iter is not None and other is None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if other is not None:
+      data_iter.set_state(other)
     return step, restored["state"]
 
   def restore_latest(self, abstract_state: Any, data_iter: Any | None = None):

@@ -69,13 +69,23 @@ _GRID = flags.DEFINE_string("grid", None, "detokenize: grid mp4 path (several --
 
 
 def prep(config, workdir: str) -> dict:
+  """Builds the demo dataset; with several processes only process 0 writes it, the others wait
+  at a barrier and then read its manifest."""
+  import jax
+  from jax.experimental import multihost_utils
   from vft.data import prep as prep_lib
+  from vft.data.writer import read_manifest
   from vft.models.vae import make_codec
   from vft.train.loop import data_dir
   out = data_dir(config, workdir)
-  return prep_lib.prep_demo_dataset(
-      out, make_codec(config.codec), clip_len=int(config.data.clip_len),
-      size=int(config.data.size), seed=int(config.seed), **dict(config.data.get("prep", {})))
+  manifest = None
+  if jax.process_index() == 0:
+    manifest = prep_lib.prep_demo_dataset(
+        out, make_codec(config.codec), clip_len=int(config.data.clip_len),
+        size=int(config.data.size), seed=int(config.seed), **dict(config.data.get("prep", {})))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("vft prep: demo dataset written")
+  return manifest if manifest is not None else read_manifest(out)
 
 
 def inference(command: str) -> None:
@@ -102,6 +112,10 @@ def inference(command: str) -> None:
 
 
 def main(argv):
+  if _DISTRIBUTED.value:  # first, so every command (standalone eval and prep too) is multi-host
+    import jax
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if len(argv) > 1 and argv[1] == "fvd":  # positional folders
     return eval_cli.fvd_main(argv[2:])
   if len(argv) > 2:
@@ -127,9 +141,6 @@ def main(argv):
                          f"{COMMANDS + INFERENCE_COMMANDS}")
 
   import jax
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.set_verbosity(logging.INFO)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

@@ -55,12 +55,8 @@ def prep_main(config, input_path: str, output: str | None):
     from absl import app
     raise app.UsageError("vft prep --input needs --output (a folder, local or any etils.epath "
                          "path)")
-  import jax
   from vft.data import prep_job
   logging.set_verbosity(logging.INFO)
-  if FLAGS.distributed:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   overrides = {
       "seed": FLAGS.seed if FLAGS["seed"].present else None,
       "clips.size": FLAGS.size, "clips.fps": FLAGS.fps, "clips.num_frames": FLAGS.num_frames,

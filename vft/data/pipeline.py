@@ -5,11 +5,25 @@
     batch = next(it)                    # {"latents": np [32, T, h, w, C] bfloat16}
     batch = to_global_batch(batch, NamedSharding(mesh, P("data")))
 
-Order of operations: source (global record index attached) -> seeded shuffle -> this process's
-slice `[process_index::process_count]` -> repeat (each epoch reshuffled) -> decode (corrupt
-records counted, logged and skipped) -> keep `fields` -> (posterior sampling) -> read threads ->
-batch -> optional worker processes. The element order depends on `worker_count`; keep it fixed
-across a resume.
+Order of operations: source (global record index attached) -> seeded shuffle -> repeat (each
+epoch reshuffled) -> decode -> (posterior sampling): ONE global record stream, the same for every
+process count. It is cut into global batches of `batch_size_per_process * process_count`
+records; process p takes its contiguous block `[p * b:(p + 1) * b]` of every global batch
+(`_ProcessRows`), which is how `jax.make_array_from_process_local_data` lays the process-local
+rows into the global array (process 0's devices hold the first rows). So the global batch at
+every step is the same ordered list of records whatever the process count, and a run resumed on
+another pod shape reads on in the same order. Then: batch (read threads fetch whole batches
+ahead) -> optional worker processes (each takes every worker_count-th batch, so the order does
+not depend on `worker_count` either).
+
+Corrupt records: a record that fails to decode is logged, counted and replaced by the next
+readable record of the global stream (which then appears twice), so every batch stays full and
+the order stays independent of the process count.
+
+Iterator state (`get_state`, orbax `grain.checkpoint.CheckpointSave`) is the global position
+{"position": records of the global stream consumed, "global_batch_size"}: the same in every
+process, so it restores exactly under another process count (`vft.checkpoint` reads another
+count's state file then) and, at a record boundary, under another global batch size.
 
 Posterior sampling at train time: when a split stores VAE `moments` [T, h, w, 2C] instead of
 `latents` (prep with store="moments"), asking for "latents" draws
@@ -23,7 +37,7 @@ import bisect
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import grain
@@ -58,10 +72,6 @@ def _count_corrupt() -> None:
 
 def _with_index(index: int, data: bytes) -> tuple[int, bytes]:
   return index, data
-
-
-def _is_not_none(x: Any) -> bool:
-  return x is not None
 
 
 def _sample_posterior(example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
@@ -109,6 +119,93 @@ class _Decode:
     return {f: example[f] for f in self.fields}
 
 
+class _ReadableRecords(grain.MapDataset):
+  """Element j of `parent` (decoded records, None where corrupt), a corrupt one replaced by the
+  next readable element (j + 1, j + 2, ..., wrapping around at the end)."""
+
+  def __init__(self, parent: grain.MapDataset, max_scan: int):
+    super().__init__(parent)
+    self._max_scan = max_scan
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    for k in range(self._max_scan):
+      example = self._parent[(index + k) % len(self._parent)]
+      if example is not None:
+        return example
+    raise ValueError(f"no readable record among the {self._max_scan} records from stream "
+                     f"position {index} on: every one of them is corrupt")
+
+
+class _ProcessRows(grain.MapDataset):
+  """This process's rows of the global batches of `parent` (the global record stream, from
+  record `start` on): element i is parent[start + (i // b) * G + p * b + i % b], with
+  b = G / process_count rows per process and global batch size G."""
+
+  def __init__(self, parent: grain.MapDataset, *, start: int, global_batch_size: int,
+               process_index: int, process_count: int, drop_remainder: bool):
+    super().__init__(parent)
+    self._start, self._g, self._p = start, global_batch_size, process_index
+    self._b = global_batch_size // process_count
+    full, rest = divmod(max(0, len(parent) - start), global_batch_size)
+    if rest and not drop_remainder and process_count > 1:
+      raise ValueError(f"drop_remainder=False: the last global batch has {rest} of "
+                       f"{global_batch_size} records, which {process_count} processes cannot "
+                       "split evenly; use drop_remainder=True with several processes")
+    self._length = full * self._b + (0 if drop_remainder else min(self._b, rest))
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, row = divmod(index, self._b)
+    return self._parent[self._start + step * self._g + self._p * self._b + row]
+
+
+class GlobalOrderDataset(grain.IterDataset):
+  """Batches of this process's rows of every global batch; `build(start)` makes the pipeline
+  from global record `start` on. Its iterator's state is the global position (module doc)."""
+
+  def __init__(self, build: Callable[[int], grain.IterDataset], global_batch_size: int):
+    super().__init__(build(0))
+    self.build, self.global_batch_size = build, global_batch_size
+
+  def __iter__(self) -> "_GlobalOrderIterator":
+    return _GlobalOrderIterator(self)
+
+
+class _GlobalOrderIterator(grain.DatasetIterator):
+
+  def __init__(self, ds: GlobalOrderDataset):
+    super().__init__(iter(ds._parent))
+    self._ds = ds
+    self._start = self._batches = 0
+
+  def __next__(self) -> dict[str, Any]:
+    batch = next(self._parent)
+    self._batches += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"position": self._start + self._batches * self._ds.global_batch_size,
+            "global_batch_size": self._ds.global_batch_size}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or not isinstance(state.get("position"), int):
+      raise ValueError(f"data iterator state {state!r}: expected {{'position': <records of the "
+                       "global stream consumed>, ...}} (written by this version of "
+                       "vft.data.pipeline)")
+    self._parent.close()
+    self._parents = (iter(self._ds.build(state["position"])),)
+    self._start, self._batches = state["position"], 0
+
+
 def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[Path]]:
   data_dir = Path(data_dir)
   entry = split_entry(read_manifest(data_dir), split, data_dir)
@@ -142,15 +239,16 @@ def make_dataset(
     fields: Sequence[str] | None = ("latents",),
     read_threads: int = 4,
     prefetch_buffer_size: int | None = None,
-) -> grain.IterDataset:
+) -> GlobalOrderDataset:
   """A grain IterDataset of batches {field: np.ndarray [batch_size_per_process, ...]}.
 
-  Arrays keep their stored dtype (latents: bfloat16). `num_epochs=None` repeats forever. Each
-  process reads a disjoint slice of every (shuffled) epoch. `fields=None` keeps every field of
-  the split. Asking for "latents" from a split that stores `moments` yields posterior samples
-  (module doc). `read_threads` threads read and decode ahead, up to `prefetch_buffer_size`
-  records (default: one batch, at least 16).
-  Corrupt records are skipped, logged and counted (`corrupt_record_count()`).
+  Arrays keep their stored dtype (latents: bfloat16). `num_epochs=None` repeats forever.
+  Process p's batch k is rows [p * b:(p + 1) * b] of global batch k of one global stream
+  (module doc), b = batch_size_per_process. `fields=None` keeps every field of the split.
+  Asking for "latents" from a split that stores `moments` yields posterior samples (module doc).
+  `read_threads` threads read and decode whole batches ahead, up to `prefetch_buffer_size`
+  batches (default: read_threads, at least 2). Corrupt records are logged, counted
+  (`corrupt_record_count()`) and replaced by the next readable record of the stream.
   """
   if batch_size_per_process < 1:
     raise ValueError(f"batch_size_per_process must be >= 1, got {batch_size_per_process}")
@@ -179,21 +277,25 @@ def make_dataset(
   ds = grain.MapDataset.source(source).map_with_index(_with_index)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds[process_index::process_count]
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   decode = _Decode([p.name for p, _ in nonempty], [n for _, n in nonempty], fields)
-  ds = ds.map(decode).filter(_is_not_none)
-  if sample:
+  ds = _ReadableRecords(ds.map(decode), max_scan=len(source))
+  if sample:  # keyed by the global stream position: the same draws for every process count
     ds = ds.random_map(_sample_posterior, seed=seed)
-  prefetch = (max(16, batch_size_per_process) if prefetch_buffer_size is None
-              else prefetch_buffer_size)
-  it_ds = ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
-  it_ds = it_ds.batch(batch_size_per_process, drop_remainder=drop_remainder)
-  if worker_count > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return it_ds
+  gbs = batch_size_per_process * process_count
+  prefetch = max(2, read_threads) if prefetch_buffer_size is None else prefetch_buffer_size
+
+  def build(start: int) -> grain.IterDataset:
+    rows = _ProcessRows(ds, start=start, global_batch_size=gbs, process_index=process_index,
+                        process_count=process_count, drop_remainder=drop_remainder)
+    it_ds = rows.batch(batch_size_per_process, drop_remainder=drop_remainder).to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+    if worker_count > 0:
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it_ds
+
+  return GlobalOrderDataset(build, gbs)
 
 
 def to_global_batch(local_batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:

@@ -8,7 +8,9 @@ import os
 from typing import Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 import numpy as np
 
 from vft import flow, sharding
@@ -63,42 +65,64 @@ class BudgetEvaluator:
     self.seed = seed
 
   def __call__(self, params, latents: np.ndarray, videos: np.ndarray, budgets: Sequence[int]):
-    """latents [n, T, h, w, C]; videos [n, T_px, H, W, 3] uint8 originals.
+    """latents [n, T, h, w, C]; videos [n, T_px, H, W, 3] uint8 originals (host arrays, the
+    same in every process).
 
     Returns {"budgets", "psnr" [len(budgets)], "ssim", "psnr_per_clip" [len, n], "recons"
     (list of uint8 videos per budget), "metrics" (names of the per-budget lists), and one list
-    per extra metric}. The same noise is used for every budget.
+    per extra metric}, host values equal in every process. The same noise is used for every
+    budget. With several processes, `params` are global arrays (the training mesh): the clips
+    enter as global arrays replicated on that mesh, and results are gathered to every host.
     """
-    latents = jnp.asarray(latents, jnp.float32)
-    n = latents.shape[0]
-    noise = jax.random.normal(jax.random.key(self.seed), latents.shape, jnp.float32)
-    target = jnp.asarray(videos, jnp.float32) / 255.0
+    lat = np.asarray(latents, np.float32)
+    n = lat.shape[0]
+    noise = np.asarray(jax.random.normal(jax.random.key(self.seed), lat.shape, jnp.float32))
+    target_host = np.asarray(videos, np.float32) / 255.0
+    latents, noise, target = (_replicated_like(params, x) for x in (lat, noise, target_host))
     out = {"budgets": list(map(int, budgets)), "psnr": [], "ssim": [], "psnr_per_clip": [],
            "recons": [], "metrics": ["psnr", "ssim", *self.extra]}
     out.update({m: [] for m in self.extra})
     real = None
     if self._fvd is not None:
-      real = FeatureStats().update(self._fvd.features(np.asarray(target)))
+      real = FeatureStats().update(self._fvd.features(target_host))
     codes = self._encode(params, latents)
     for k in budgets:
-      video = self._render(params, codes, jnp.full((n,), k, jnp.int32), noise)
+      keep = _replicated_like(params, np.full((n,), k, np.int32))
+      video = self._render(params, codes, keep, noise)
       unit = metrics_lib.to_unit(video)
-      p, s = self._score(unit, target)
-      out["psnr"].append(float(jnp.mean(p)))
-      out["ssim"].append(float(jnp.mean(s)))
-      out["psnr_per_clip"].append(np.asarray(p).tolist())
-      out["recons"].append(np.asarray(jnp.round(unit * 255.0)).astype(np.uint8))
+      p, s = _host(self._score(unit, target))
+      unit_host = _host(unit)
+      out["psnr"].append(float(np.mean(p)))
+      out["ssim"].append(float(np.mean(s)))
+      out["psnr_per_clip"].append(p.tolist())
+      out["recons"].append(np.round(unit_host * 255.0).astype(np.uint8))
       if "mae" in self.extra or "mse" in self.extra:
-        pix = self._pixels(unit, target)
+        pix = _host(self._pixels(unit, target))
         for m in ("mae", "mse"):
           if m in self.extra:
-            out[m].append(float(jnp.mean(pix[m])))
+            out[m].append(float(np.mean(pix[m])))
       if self._lpips is not None:
-        out["lpips"].append(float(np.mean(self._lpips(unit, target))))
+        out["lpips"].append(float(np.mean(self._lpips(unit_host, target_host))))
       if real is not None:
-        fake = FeatureStats().update(self._fvd.features(np.asarray(unit)))
+        fake = FeatureStats().update(self._fvd.features(unit_host))
         out["rfvd"].append(stats_distance(real, fake))
     return out
+
+
+def _replicated_like(params, x: np.ndarray) -> jax.Array:
+  """Host array `x` (equal in every process) -> a jax.Array replicated over the devices of
+  `params` (their mesh when they are global arrays, else their device; host params: this
+  process's first device)."""
+  sharding = getattr(jax.tree_util.tree_leaves(params)[0], "sharding",
+                     SingleDeviceSharding(jax.local_devices()[0]))
+  if isinstance(sharding, NamedSharding):
+    sharding = NamedSharding(sharding.mesh, P())
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _host(tree):
+  """Tree of jax.Arrays -> numpy on this host (gathered from every process for global arrays)."""
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def write_artifacts(outdir: str, result: dict, originals: np.ndarray, *, steps: int,
