@@ -2,11 +2,10 @@
 
 Layout: <workdir>/checkpoints/<step>/{state, data}. Saves are asynchronous (config) with a
 keep-N policy; restore re-creates the state in the sharding of the abstract target, so a run can
-resume on a different mesh.
+resume on a different mesh. `directory` is any etils.epath path (local or gs://).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from etils import epath
@@ -14,9 +13,11 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vft import files
 
-def _read_only_manager(directory: str) -> ocp.CheckpointManager:
-  if not os.path.isdir(directory):
+
+def _read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
+  if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}")
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=False, read_only=True), item_names=("state", "data"))
@@ -26,7 +27,7 @@ def state_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
   """The saved train state's tree (leaves with .shape / .dtype; None where the state had None)
   of the checkpoint `step` (None: latest) under `directory` (<workdir>/checkpoints), read
   without restoring anything. -> (step, tree)."""
-  manager = _read_only_manager(os.path.abspath(directory))
+  manager = _read_only_manager(files.absolute(directory))
   try:
     steps = manager.all_steps()
     if not steps:
@@ -36,13 +37,13 @@ def state_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
       raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; it has {steps}")
   finally:
     manager.close()
-  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_state_path(directory, step)))
+  tree = ocp.PyTreeCheckpointHandler().metadata(_state_path(directory, step))
   return step, dict(getattr(tree, "tree", tree))
 
 
-def _state_path(directory: str, step: int) -> str:
-  path = os.path.join(os.path.abspath(directory), str(step), "state")
-  if not os.path.isdir(path):
+def _state_path(directory: str, step: int) -> epath.Path:
+  path = files.absolute(directory) / str(step) / "state"
+  if not path.is_dir():
     raise FileNotFoundError(f"no train state at {path}")
   return path
 
@@ -59,7 +60,7 @@ def restore_state_subtree(directory: str, step: int, target: Any) -> Any:
 
 class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, use_async: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

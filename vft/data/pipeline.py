@@ -22,15 +22,16 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import ml_dtypes
 import numpy as np
 
+from vft import files
 from vft.data.records import CorruptRecordError, decode_record
 from vft.data.writer import read_manifest, split_entry
 
@@ -109,8 +110,8 @@ class _Decode:
     return {f: example[f] for f in self.fields}
 
 
-def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[Path]]:
-  data_dir = Path(data_dir)
+def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[epath.Path]]:
+  data_dir = files.absolute(data_dir)
   entry = split_entry(read_manifest(data_dir), split, data_dir)
   if not entry.get("complete", True):
     logging.warning("split %r in %s is incomplete (its prep was interrupted); using the %d "
@@ -264,7 +265,7 @@ def check_dataset(config, data_dir: str | os.PathLike, split: str | None = None,
   """
   from vft.models.vae import make_codec
   split = split or config.data.train_split
-  where = f"{Path(data_dir) / 'manifest.json'} (split {split!r})"
+  where = f"{epath.Path(data_dir) / 'manifest.json'} (split {split!r})"
   manifest = read_manifest(data_dir)
   entry = split_entry(manifest, split, data_dir)
   shape = latent_shape(data_dir, split)

@@ -26,9 +26,11 @@ import os
 import time
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import numpy as np
 
+from vft import files
 from vft.eval import clips as clips_lib
 from vft.eval import fid as fid_lib
 from vft.eval import fvd as fvd_lib
@@ -76,9 +78,9 @@ class EvalSettings:
 
 def checkpoint_step(path: str) -> int:
   """Latest orbax step of a workdir (0 for an official file)."""
-  ckdir = os.path.join(path, "checkpoints")
-  if os.path.isdir(ckdir):
-    steps = [int(d) for d in os.listdir(ckdir) if d.isdigit()]
+  ckdir = files.absolute(path) / "checkpoints"
+  if ckdir.is_dir():
+    steps = [int(d.name) for d in ckdir.iterdir() if d.name.isdigit()]
     if steps:
       return max(steps)
   return 0
@@ -154,7 +156,7 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
   cached_real: dict[int, bool] = {}
   for f, fv in fvds.items():
     path = _real_stats_path(s.real_stats, f, len(fvds))
-    if path and os.path.isfile(path):
+    if path and epath.Path(path).is_file():
       real[f] = FeatureStats.load(path)
       fvd_lib.check_meta(real[f], fv.meta, path)
       cached_real[f] = True
@@ -240,8 +242,8 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
     stats_files = _write_stats(s, real, fake, cached_real, budgets, fvd_frames)
   record.update(
       budgets=budgets, num_clips=num_clips,
-      checkpoint=os.path.abspath(s.checkpoint), checkpoint_step=checkpoint_step(s.checkpoint),
-      videos=os.path.abspath(s.videos), split=s.split if clips_lib.is_shards(s.videos) else None,
+      checkpoint=os.fspath(files.absolute(s.checkpoint)),
+      checkpoint_step=checkpoint_step(s.checkpoint), videos=os.fspath(files.absolute(s.videos)), split=s.split if clips_lib.is_shards(s.videos) else None,
       clip={"num_frames": s.num_frames, "size": size, "fps": fps,
             "clips_per_video": s.clips_per_video},
       sampler={"steps": s.steps, "guidance_scale": s.guidance_scale, "apg": s.apg,
@@ -304,7 +306,7 @@ def _write_stats(s, real, fake, cached_real, budgets, fvd_frames) -> dict[str, s
 def write_outputs(out: str, record: dict, grid_orig: np.ndarray, grid_recs: list[np.ndarray],
                   s: EvalSettings, fps: float) -> dict[str, str]:
   """metrics.json, metrics.csv, metrics.png, recon_grid.mp4/.gif, TensorBoard scalars."""
-  os.makedirs(out, exist_ok=True)
+  files.absolute(out).mkdir(parents=True, exist_ok=True)
   budgets = record["budgets"]
   table = {m: record[m] for m in ("psnr", "ssim", "lpips", "rfvd", "mae", "mse", "rfid")}
   table.update({m: record[m] for m in record if m.startswith(("rfvd", "lpips_"))
