@@ -113,6 +113,50 @@ def emulator(tmp_path_factory):
     log.close()
 
 
+def test_shards_checkpoint_and_artifacts_on_gcs(emulator, tmp_path, monkeypatch):
+  """Fast default check of each client: ArrayRecord shards (write + grain read), orbax
+  (tensorstore arrays), the atomic writers (PyAV video, JSON, npz stats) and TensorBoard events."""
+  from vft import checkpoint as ckpt_lib
+  from vft import metrics as metrics_lib
+  from vft.data import pipeline
+  from vft.eval import report
+  from vft.eval.frechet import FeatureStats
+  monkeypatch.chdir(tmp_path)
+  root = f"gs://{BUCKET}/fast"
+  write_tiny_dataset(f"{root}/data", num_train=8, num_eval=2)
+  local = write_tiny_dataset(tmp_path / "data", num_train=8, num_eval=2)
+  got, want = pipeline.load_split(f"{root}/data", "eval"), pipeline.load_split(local, "eval")
+  assert [e["video_id"] for e in got] == [e["video_id"] for e in want]
+  np.testing.assert_array_equal(got[1]["video"], want[1]["video"])
+
+  state = {"w": jax.numpy.arange(16.0).reshape(4, 4), "b": jax.numpy.ones(3)}
+  ck = ckpt_lib.Checkpointer(f"{root}/checkpoints", use_async=False)
+  ck.save(3, state)
+  ck.wait()
+  step, restored = ck.restore(state)
+  ck.close()
+  assert step == 3
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state, restored)
+
+  report.write_video(f"{root}/out/v.mp4", np.zeros((4, 16, 16, 3), np.uint8), fps=4)
+  report.write_metrics_json(f"{root}/out/metrics.json", budgets=[1, 2], psnr=[20.0, 21.0],
+                            ssim=[0.5, 0.6], num_clips=2, steps=1)
+  stats = FeatureStats(2).update(np.arange(8.0).reshape(4, 2))
+  stats.save(f"{root}/out/stats.npz")
+  np.testing.assert_allclose(FeatureStats.load(f"{root}/out/stats.npz").mu, stats.mu)
+  writer = metrics_lib.create_writer(f"{root}/out")
+  writer.write_scalars(1, {"loss": 0.5})
+  writer.close()
+  objects = set(list_objects(emulator, "fast/"))
+  assert {"fast/data/manifest.json", "fast/data/train-00000.array_record",
+          "fast/checkpoints/3/state/_METADATA", "fast/out/v.mp4", "fast/out/metrics.json",
+          "fast/out/stats.npz"} <= objects, sorted(objects)
+  assert any(o.startswith("fast/out/events.out.tfevents") for o in objects), sorted(objects)
+  assert not any(".tmp" in o for o in objects), sorted(objects)
+  assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_prep_train_resume_eval_on_gcs(emulator, tmp_path, monkeypatch):
   from vft.eval import job as eval_job
   from vft.train import loop
