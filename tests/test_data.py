@@ -15,6 +15,7 @@ from array_record.python import array_record_module
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vft.data import pipeline, prep, records, synthetic, video_io, writer
+from vft.eval import report
 from vft.models.vae import PatchCodec
 
 DESK = Path(prep.__file__).parent / "demo_clips" / "vidtok_desk.mp4"
@@ -412,11 +413,11 @@ def test_read_video_and_iter_clips_on_demo_clip():
 
 def test_write_video_round_trip(tmp_path):
   frames = video_io.read_video(DESK, num_frames=9, size=48, crop=False)[:, :33, :47]
-  video_io.write_video(tmp_path / "out.mp4", frames, fps=8)
+  report.write_video(tmp_path / "out.mp4", frames, fps=8)
   back = video_io.read_video(tmp_path / "out.mp4")
   assert back.shape == (9, 34, 48, 3)  # odd sizes padded to even
   assert np.abs(back[:, :33, :47].astype(np.float32) - frames).mean() < 6
-  video_io.write_gif(tmp_path / "out.gif", frames, fps=8)
+  report.write_gif(tmp_path / "out.gif", frames, fps=8)
   assert (tmp_path / "out.gif").stat().st_size > 0
 
 

@@ -14,7 +14,7 @@ from tests.tiny_inference import CODEC, tiny_model
 from vft import VideoTokenizer
 from vft.data import video_io
 from vft.eval import checkpoint_eval as job
-from vft.eval import metrics
+from vft.eval import metrics, report
 from vft.eval.frechet import FeatureStats, stats_distance
 
 VIDEOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "videos")
@@ -34,7 +34,7 @@ def video_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("videos")
   for name in ("asl_book.mp4", "bikes_street.mp4"):
     clip = video_io.read_video(os.path.join(VIDEOS, name), num_frames=17, size=SIZE)
-    video_io.write_video(d / name, clip, fps=8)
+    report.write_video(d / name, clip, fps=8)
   with open(os.path.join(VIDEOS, "airplane_field.mp4"), "rb") as f:
     (d / "truncated.mp4").write_bytes(f.read(20000))
   return d

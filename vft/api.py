@@ -20,11 +20,12 @@ import json
 import os
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vft import flow, sharding
+from vft import files, flow, sharding
 from vft.data import video_io
 from vft.inference.chunked import ChunkDraws, ChunkedTokenizer, ChunkSpec
 from vft.models.tokenizer import VideoFlexTok
@@ -110,12 +111,11 @@ class VideoTokenizer:
     from vft.models.vae import make_codec
     from vft.train.loop import build_model
     workdir = os.fspath(workdir)
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(cfg_path):
+    cfg_path = files.absolute(workdir) / "config.json"
+    if not cfg_path.is_file():
       raise FileNotFoundError(f"{cfg_path} not found: not a vft workdir (expected config.json "
                               "and checkpoints/ from `vft train`)")
-    with open(cfg_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
     codec = make_codec(config.codec)
     size = int(config.data.size)
     spec = codec.latent_shape(int(config.data.clip_len), size, size)
@@ -132,8 +132,8 @@ class VideoTokenizer:
   @classmethod
   def load(cls, path: str | os.PathLike, **kwargs) -> "VideoTokenizer":
     """A workdir (a folder with config.json) or an official .safetensors file."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")) and \
-        os.path.isdir(os.path.join(path, "checkpoints")):
+    if ((epath.Path(path) / "config.json").is_file()
+        and (epath.Path(path) / "checkpoints").is_dir()):
       return cls.from_workdir(path, **kwargs)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.safetensors")):
       return cls.from_official(os.path.join(path, "model.safetensors"), **kwargs)

@@ -2,7 +2,7 @@
 
 Layout: <workdir>/checkpoints/<step>/{state, data}. Saves are asynchronous (config) with a
 keep-N policy; restore re-creates the state in the sharding of the abstract target, so a run can
-resume on a different mesh.
+resume on a different mesh. `directory` is any etils.epath path (local or gs://).
 
 Crash safety (orbax-checkpoint 0.12.8): a step is written under <step>.orbax-checkpoint-tmp and
 renamed to <step> once complete (on object stores without atomic rename, a commit_success.txt
@@ -12,7 +12,6 @@ from. `Checkpointer.restore_latest` also survives a finished step whose files we
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -24,9 +23,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vft import files
 
-def _read_only_manager(directory: str) -> ocp.CheckpointManager:
-  if not os.path.isdir(directory):
+
+def _read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
+  if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoint directory {directory}")
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=False, read_only=True), item_names=("state", "data"))
@@ -36,7 +37,7 @@ def state_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
   """The saved train state's tree (leaves with .shape / .dtype; None where the state had None)
   of the checkpoint `step` (None: latest) under `directory` (<workdir>/checkpoints), read
   without restoring anything. -> (step, tree)."""
-  manager = _read_only_manager(os.path.abspath(directory))
+  manager = _read_only_manager(files.absolute(directory))
   try:
     steps = manager.all_steps()
     if not steps:
@@ -46,13 +47,13 @@ def state_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
       raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; it has {steps}")
   finally:
     manager.close()
-  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(_state_path(directory, step)))
+  tree = ocp.PyTreeCheckpointHandler().metadata(_state_path(directory, step))
   return step, dict(getattr(tree, "tree", tree))
 
 
-def _state_path(directory: str, step: int) -> str:
-  path = os.path.join(os.path.abspath(directory), str(step), "state")
-  if not os.path.isdir(path):
+def _state_path(directory: str, step: int) -> epath.Path:
+  path = files.absolute(directory) / str(step) / "state"
+  if not path.is_dir():
     raise FileNotFoundError(f"no train state at {path}")
   return path
 
@@ -74,16 +75,16 @@ def _other_count_data_state(directory: str, step: int) -> dict | None:
   path = epath.Path(directory) / str(step) / "data"
   if (path / f"process_{jax.process_index()}-of-{jax.process_count()}.json").exists():
     return None
-  files = sorted(path.glob("process_*-of-*.json"),
+  states = sorted(path.glob("process_*-of-*.json"),
                  key=lambda f: int(f.name.split("_")[1].split("-")[0]))
-  if not files:
+  if not states:
     raise FileNotFoundError(f"no data-iterator state (process_*-of-*.json) in {path}")
-  return json.loads(files[0].read_text())
+  return json.loads(states[0].read_text())
 
 
 class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, use_async: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -148,7 +149,7 @@ class Checkpointer:
   def _quarantine(self, steps: list[int]) -> None:
     """Moves the step directories `steps` to <directory>.corrupt/<step>[-<time>] (process 0)."""
     if jax.process_index() == 0:
-      dest_root = epath.Path(self.directory + ".corrupt")
+      dest_root = self.directory.parent / f"{self.directory.name}.corrupt"
       dest_root.mkdir(parents=True, exist_ok=True)
       for step in steps:
         dest = dest_root / str(step)

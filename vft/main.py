@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 # Command modules that define their own flags (absl flags must exist before parsing; these
 # modules import nothing heavy at the top).
+from vft import files
 from vft.data import cli as data_cli
 from vft.eval import cli as eval_cli
 from vft import plan_cli
@@ -142,10 +143,9 @@ def main(argv):
 
   import jax
   logging.set_verbosity(logging.INFO)
-  os.makedirs(workdir, exist_ok=True)
+  files.absolute(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    files.write_text(files.absolute(workdir) / "config.json", config.to_json_best_effort(indent=2))
   logging.info("vft %s: %d processes, %d devices (%s)", command, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
 

@@ -36,15 +36,16 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import ml_dtypes
 import numpy as np
 
+from vft import files
 from vft.data.records import CorruptRecordError, decode_record
 from vft.data.writer import read_manifest, split_entry
 
@@ -206,8 +207,8 @@ class _GlobalOrderIterator(grain.DatasetIterator):
     self._start, self._batches = state["position"], 0
 
 
-def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[Path]]:
-  data_dir = Path(data_dir)
+def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[epath.Path]]:
+  data_dir = files.absolute(data_dir)
   entry = split_entry(read_manifest(data_dir), split, data_dir)
   if not entry.get("complete", True):
     logging.warning("split %r in %s is incomplete (its prep was interrupted); using the %d "
@@ -366,7 +367,7 @@ def check_dataset(config, data_dir: str | os.PathLike, split: str | None = None,
   """
   from vft.models.vae import make_codec
   split = split or config.data.train_split
-  where = f"{Path(data_dir) / 'manifest.json'} (split {split!r})"
+  where = f"{epath.Path(data_dir) / 'manifest.json'} (split {split!r})"
   manifest = read_manifest(data_dir)
   entry = split_entry(manifest, split, data_dir)
   shape = latent_shape(data_dir, split)

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from vft import files
 from vft.data.synthetic import make_video
 from vft.data.video_io import probe_video, read_video
 from vft.data.writer import MANIFEST_NAME, ShardWriter, read_manifest
@@ -86,7 +88,7 @@ def _encode_batches(encode: Callable[[jax.Array, int], jax.Array], items: Sequen
     pbar.update(len(chunk))
 
 
-def _is_done(out_dir: Path, prep_args: dict[str, Any]) -> dict[str, Any] | None:
+def _is_done(out_dir: epath.Path, prep_args: dict[str, Any]) -> dict[str, Any] | None:
   """The existing manifest if both splits are complete and were made with `prep_args`."""
   if not (out_dir / MANIFEST_NAME).is_file():
     return None
@@ -126,7 +128,7 @@ def prep_demo_dataset(
     overwrite: bool = False,
 ) -> dict[str, Any]:
   """Builds the demo dataset (module doc) in `out_dir`; returns the manifest."""
-  out_dir = Path(out_dir)
+  out_dir = files.absolute(out_dir)
   overlap = sorted(set(train_real) & set(eval_real))
   if overlap:
     raise ValueError(f"prep_demo_dataset: videos {overlap} are in both train_real and eval_real")

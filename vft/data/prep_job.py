@@ -37,7 +37,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from typing import Any, Sequence
 
 from absl import logging
@@ -48,6 +47,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from vft import files
 from vft.data import clips as clips_lib
 from vft.data import sources
 from vft.data.records import encode_record, validate_example
@@ -89,28 +89,6 @@ def codec_identity(codec, codec_cfg: dict[str, Any]) -> dict[str, Any]:
     ident["weights_sha256"] = h.hexdigest()[:16]
     ident["weights_file"] = os.path.basename(str(path))
   return ident
-
-
-def _atomic_write_text(path: epath.Path, text: str) -> None:
-  tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-  tmp.write_text(text)
-  if _is_local(path):
-    os.replace(tmp, path)
-  else:
-    tmp.rename(path)
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in str(path)
-
-
-def _publish(local_tmp: str, dst: epath.Path) -> None:
-  """Moves a finished local shard file to `dst` (local rename, or an epath copy)."""
-  if _is_local(dst):
-    os.replace(local_tmp, dst)
-  else:
-    epath.Path(local_tmp).copy(dst, overwrite=True)
-    os.unlink(local_tmp)
 
 
 def _units(items: list, split: str, eval_videos: int, per_shard: int):
@@ -237,11 +215,11 @@ class PrepJob:
     keep_pixels = split == "eval"
     examples_meta, skipped, pending = [], [], []
     name = shard_name(split, k)
-    if _is_local(self.out):  # next to the shard (a rename publishes it); stale ones removed
+    if files.is_local(self.out):  # next to the shard (a rename publishes it); stale ones removed
       for stale in self.out.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
-                               dir=str(self.out) if _is_local(self.out) else None)
+                               dir=str(self.out) if files.is_local(self.out) else None)
     os.close(fd)
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     spec_seen = None
@@ -270,7 +248,7 @@ class PrepJob:
         spec_seen = self._flush(pending, writer, keep_pixels, examples_meta, spec_seen, pbar)
       writer.close()
       writer = None
-      _publish(tmp, self.out / shard_name(split, k))
+      files.publish(tmp, self.out / shard_name(split, k))
     finally:
       if writer is not None:
         writer.close()
@@ -281,7 +259,7 @@ class PrepJob:
             "first_video": first, "records": examples_meta, "skipped": skipped,
             "example_spec": spec_seen or {}, "config_hash": self.config_hash,
             "inputs_hash": self.inputs_hash}
-    _atomic_write_text(self._shard_json(split, k), json_dumps(meta))
+    files.write_text(self._shard_json(split, k), json_dumps(meta))
 
   def _flush(self, batch, writer, keep_pixels, examples_meta, spec_seen, pbar):
     pixels = np.stack([b[4] for b in batch])
@@ -328,7 +306,7 @@ class PrepJob:
         return None
       metas.append(meta)
     manifest = self.build_manifest(metas)
-    _atomic_write_text(self.out / MANIFEST_NAME, json_dumps(manifest))
+    files.write_text(self.out / MANIFEST_NAME, json_dumps(manifest))
     return manifest
 
   def build_manifest(self, metas: list[dict[str, Any]]) -> dict[str, Any]:

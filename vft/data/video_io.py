@@ -20,14 +20,12 @@ each source frame for as long as it is on screen; that is resampling, not fillin
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
 import itertools
 import os
 from pathlib import Path
 from typing import Iterator
 
 import av
-import imageio.v3 as iio
 import numpy as np
 
 _EPS = 1e-6
@@ -219,38 +217,6 @@ def iter_clips(path: str | os.PathLike, *, clip_len: int = 17, size: int = 64,
       next_start += stride
       if max_clips is not None and count >= max_clips:
         return
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> None:
-  """Writes uint8 [T, H, W, 3] frames as H.264 mp4 (libx264, yuv420p). Odd sizes are padded to
-  even by repeating the last row/column."""
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
-    raise ValueError(f"write_video {path}: expected uint8 [T, H, W, 3] with T >= 1, got "
-                     f"{frames.dtype} {frames.shape}")
-  _, h, w, _ = frames.shape
-  frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), mode="w") as container:
-    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": "17"}
-    for f in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-
-
-def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> None:
-  """Writes uint8 [T, H, W, 3] frames as a looping GIF."""
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-    raise ValueError(f"write_gif {path}: expected uint8 [T, H, W, 3], got {frames.dtype} "
-                     f"{frames.shape}")
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
 
 
 def uniform_indices(total: int, num: int) -> np.ndarray:

@@ -13,8 +13,9 @@ Manifest format (version 1):
                       "meta": {...},          # free-form, given by the producer
                       "complete": true}}}     # false while the split is being written
 
-Crash safety: each shard is written to a hidden temp file and renamed when it is full, then the
-manifest is rewritten atomically (temp file + os.replace). The manifest therefore only ever lists
+Crash safety: each shard is written to a hidden local temp file and published (renamed, or
+uploaded as one object on gs://) when it is full, then the manifest is rewritten atomically
+(vft.files). `out_dir` is any etils.epath path. The manifest therefore only ever lists
 finished shards; an interrupted job leaves `complete: false` and the shards it had finished.
 One writer per data dir at a time (the manifest update is read-modify-write).
 """
@@ -23,11 +24,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
+import tempfile
 from typing import Any
 
 from array_record.python import array_record_module
+from etils import epath
 
+from vft import files
 from vft.data.records import ARRAY_FIELDS, INT_FIELDS, encode_record, validate_example
 
 MANIFEST_NAME = "manifest.json"
@@ -55,16 +58,7 @@ def example_spec(example: dict[str, Any]) -> dict[str, dict[str, Any]]:
   return spec
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _load_manifest_or_empty(out_dir: Path) -> dict[str, Any]:
+def _load_manifest_or_empty(out_dir: epath.Path) -> dict[str, Any]:
   if (out_dir / MANIFEST_NAME).exists():
     return read_manifest(out_dir, check_files=False)
   return {"version": MANIFEST_VERSION, "splits": {}}
@@ -89,14 +83,14 @@ class ShardWriter:
       raise ValueError(f"ShardWriter: split name {split!r} must match {_SPLIT_RE.pattern}")
     if records_per_shard < 1:
       raise ValueError(f"ShardWriter: records_per_shard must be >= 1, got {records_per_shard}")
-    self.out_dir = Path(out_dir)
+    self.out_dir = files.absolute(out_dir)
     self.split = split
     self.records_per_shard = records_per_shard
     self.meta = dict(meta or {})
     self._shards: list[dict[str, Any]] = []
     self._spec: dict[str, Any] | None = None
     self._writer = None
-    self._tmp_path: Path | None = None
+    self._tmp_path: str | None = None
     self._in_shard = 0
     self._closed = False
     self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +98,9 @@ class ShardWriter:
     for p in self.out_dir.glob(f"{split}-*.array_record"):
       if re.fullmatch(rf"{re.escape(split)}-\d{{5}}\.array_record", p.name):
         p.unlink()
-    for p in self.out_dir.glob(f".{split}-*.array_record.tmp"):
-      p.unlink()
+    if files.is_local(self.out_dir):
+      for p in self.out_dir.glob(f".{split}-*.array_record.*tmp"):
+        p.unlink()
 
   def __enter__(self) -> "ShardWriter":
     return self
@@ -147,7 +142,8 @@ class ShardWriter:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
-      self._tmp_path.unlink(missing_ok=True)
+      if os.path.exists(self._tmp_path):
+        os.unlink(self._tmp_path)
       self._in_shard = 0
     self._closed = True
 
@@ -170,15 +166,20 @@ class ShardWriter:
 
   def _open_shard(self) -> None:
     name = shard_name(self.split, len(self._shards))
-    self._tmp_path = self.out_dir / f".{name}.tmp"
-    self._writer = array_record_module.ArrayRecordWriter(str(self._tmp_path), WRITER_OPTIONS)
+    # ArrayRecordWriter writes local files only: next to the shard (a rename publishes it), or
+    # in the local temp dir for gs:// (one upload publishes it).
+    fd, self._tmp_path = tempfile.mkstemp(
+        prefix=f".{name}.", suffix=".tmp",
+        dir=os.fspath(self.out_dir) if files.is_local(self.out_dir) else None)
+    os.close(fd)
+    self._writer = array_record_module.ArrayRecordWriter(self._tmp_path, WRITER_OPTIONS)
     self._in_shard = 0
 
   def _finish_shard(self) -> None:
     name = shard_name(self.split, len(self._shards))
     self._writer.close()
     self._writer = None
-    os.replace(self._tmp_path, self.out_dir / name)
+    files.publish(self._tmp_path, self.out_dir / name)
     self._shards.append({"file": name, "num_records": self._in_shard})
     self._in_shard = 0
     self._update_manifest(complete=False)
@@ -192,10 +193,10 @@ class ShardWriter:
         "meta": self.meta,
         "complete": complete,
     }
-    _atomic_write_json(self.out_dir / MANIFEST_NAME, manifest)
+    files.write_text(self.out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1))
 
 
-def _bad(path: Path, what: str) -> ValueError:
+def _bad(path: epath.Path, what: str) -> ValueError:
   return ValueError(f"{path}: malformed manifest: {what}")
 
 
@@ -205,7 +206,7 @@ def read_manifest(data_dir: str | os.PathLike, *, check_files: bool = True) -> d
   Raises FileNotFoundError for a missing dir, manifest or (with check_files) listed shard file,
   and ValueError for a malformed manifest.
   """
-  data_dir = Path(data_dir)
+  data_dir = files.absolute(data_dir)
   if not data_dir.is_dir():
     raise FileNotFoundError(f"data dir {data_dir} does not exist; {PREP_HINT}")
   path = data_dir / MANIFEST_NAME
@@ -247,6 +248,6 @@ def split_entry(manifest: dict[str, Any], split: str, data_dir: str | os.PathLik
   """The manifest entry of `split`; ValueError listing the available splits if absent."""
   splits = manifest["splits"]
   if split not in splits:
-    raise ValueError(f"split {split!r} not in {Path(data_dir) / MANIFEST_NAME}; available splits: "
-                     f"{sorted(splits)}")
+    raise ValueError(f"split {split!r} not in {epath.Path(data_dir) / MANIFEST_NAME}; "
+                     f"available splits: {sorted(splits)}")
   return splits[split]

@@ -26,10 +26,11 @@ import os
 import time
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import numpy as np
 
-from vft import flow
+from vft import files, flow
 from vft.eval import clips as clips_lib
 from vft.eval import fid as fid_lib
 from vft.eval import fvd as fvd_lib
@@ -77,9 +78,9 @@ class EvalSettings:
 
 def checkpoint_step(path: str) -> int:
   """Latest orbax step of a workdir (0 for an official file)."""
-  ckdir = os.path.join(path, "checkpoints")
-  if os.path.isdir(ckdir):
-    steps = [int(d) for d in os.listdir(ckdir) if d.isdigit()]
+  ckdir = files.absolute(path) / "checkpoints"
+  if ckdir.is_dir():
+    steps = [int(d.name) for d in ckdir.iterdir() if d.name.isdigit()]
     if steps:
       return max(steps)
   return 0
@@ -143,7 +144,7 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
   cached_real: dict[int, bool] = {}
   for f, fv in fvds.items():
     path = _real_stats_path(s.real_stats, f, len(fvds))
-    if path and os.path.isfile(path):
+    if path and epath.Path(path).is_file():
       real[f] = FeatureStats.load(path)
       fvd_lib.check_meta(real[f], fv.meta, path)
       cached_real[f] = True
@@ -237,8 +238,9 @@ def evaluate_checkpoint(s: EvalSettings, tokenizer=None, i3d_net=None,
       skipped_videos={"num_undecodable": len(count.undecodable),
                       "num_too_short": len(count.skipped), "undecodable": count.undecodable,
                       "too_short": count.skipped},
-      checkpoint=os.path.abspath(s.checkpoint), checkpoint_step=checkpoint_step(s.checkpoint),
-      videos=os.path.abspath(s.videos), split=s.split if clips_lib.is_shards(s.videos) else None,
+      checkpoint=os.fspath(files.absolute(s.checkpoint)),
+      checkpoint_step=checkpoint_step(s.checkpoint), videos=os.fspath(files.absolute(s.videos)),
+      split=s.split if clips_lib.is_shards(s.videos) else None,
       clip={"num_frames": s.num_frames, "size": size, "fps": fps,
             "clips_per_video": s.clips_per_video},
       sampler={"steps": s.steps, "guidance_scale": s.guidance_scale, "apg": s.apg,
@@ -301,7 +303,7 @@ def _write_stats(s, real, fake, cached_real, budgets, fvd_frames) -> dict[str, s
 def write_outputs(out: str, record: dict, grid_orig: np.ndarray, grid_recs: list[np.ndarray],
                   s: EvalSettings, fps: float) -> dict[str, str]:
   """metrics.json, metrics.csv, metrics.png, recon_grid.mp4/.gif, TensorBoard scalars."""
-  os.makedirs(out, exist_ok=True)
+  files.absolute(out).mkdir(parents=True, exist_ok=True)
   budgets = record["budgets"]
   table = {m: record[m] for m in ("psnr", "ssim", "lpips", "rfvd", "mae", "mse", "rfid")}
   table.update({m: record[m] for m in record if m.startswith(("rfvd", "lpips_"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from absl import logging
+from etils import epath
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg")
@@ -96,7 +97,7 @@ def fvd_clips(folder: str | os.PathLike, frames: int, count: ClipCount | None = 
 
 
 def is_shards(path: str | os.PathLike) -> bool:
-  return os.path.isfile(os.path.join(path, "manifest.json"))
+  return (epath.Path(path) / "manifest.json").is_file()
 
 
 def eval_clips(source: str | os.PathLike, *, num_frames: int, size: int, fps: float | None,

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any
 
+from etils import epath
 import numpy as np
+
+from vft import files
 
 
 class FeatureStats:
@@ -98,22 +100,16 @@ class FeatureStats:
   def save(self, path: str | os.PathLike) -> str:
     """Writes mu, sigma, n and meta to an .npz (atomically)."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz"
-    try:
-      np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+      np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
                meta=np.asarray(json.dumps(self.meta, sort_keys=True)))
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
     return path
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "FeatureStats":
     path = os.fspath(path)
     try:
-      with np.load(path, allow_pickle=False) as z:
+      with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
         missing = {"mu", "sigma", "n"} - set(z.files)
         if missing:
           raise ValueError(f"missing arrays {sorted(missing)}")

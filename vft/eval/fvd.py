@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vft import files
 from vft.eval import clips as clips_lib
 from vft.eval import i3d as i3d_lib
 from vft.eval import resize as resize_lib
@@ -111,7 +113,7 @@ def check_meta(stats: FeatureStats, expected: dict[str, Any], source: str) -> No
 def folder_stats(fvd: FVD, path: str, max_clips: int | None = None,
                  progress=None) -> tuple[FeatureStats, clips_lib.ClipCount]:
   """Stats of a folder of videos, or a cached stats .npz (checked against the preprocessing)."""
-  if os.path.isfile(path) and path.endswith(".npz"):
+  if path.endswith(".npz") and epath.Path(path).is_file():
     stats = FeatureStats.load(path)
     check_meta(stats, fvd.meta, path)
     return stats, clips_lib.ClipCount(used=stats.n)
@@ -121,7 +123,7 @@ def folder_stats(fvd: FVD, path: str, max_clips: int | None = None,
   if stats.n < 2:
     raise ValueError(f"{path}: FVD needs at least 2 clips of >= {fvd.pre.frames} frames; found "
                      f"{stats.n} ({len(count.skipped)} too short)")
-  stats.meta.update(source=os.path.abspath(path), num_clips=stats.n,
+  stats.meta.update(source=os.fspath(files.absolute(path)), num_clips=stats.n,
                     skipped_short=len(count.skipped), skipped_undecodable=len(count.undecodable))
   return stats, count
 

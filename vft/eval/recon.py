@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 import numpy as np
 
-from vft import flow, sharding
+from vft import files, flow, sharding
 from vft.eval import metrics as metrics_lib
 from vft.eval import report
 from vft.eval.frechet import FeatureStats, stats_distance
@@ -129,7 +129,7 @@ def write_artifacts(outdir: str, result: dict, originals: np.ndarray, *, steps: 
                     fps: float = 8.0, extra: dict | None = None) -> dict:
   """recon_budgets.mp4 / .gif (rows = clips, columns = original + budgets), budget_curve.png,
   metrics.json. Returns the paths."""
-  os.makedirs(outdir, exist_ok=True)
+  files.absolute(outdir).mkdir(parents=True, exist_ok=True)
   budgets = result["budgets"]
   grid = report.budget_grid(originals, result["recons"],
                             labels=["orig"] + [f"{k} tok" for k in budgets])

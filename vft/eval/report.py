@@ -1,23 +1,23 @@
 """Evaluation artifacts: budget comparison grids, videos, curves, metrics JSON.
 
 Host-side only (numpy, Pillow, matplotlib's Agg canvas, PyAV, imageio); nothing
-here touches JAX. Every writer creates the parent folder and writes atomically
-(a temporary file in the same folder, then `os.replace`), so a reader never
-sees a half-written file.
+here touches JAX. Every writer goes through `vft.files.atomic_path` (any
+etils.epath destination, gs:// included), so a reader never sees a
+half-written file.
 """
 from __future__ import annotations
 
-import contextlib
 import fractions
 import json
 import math
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from vft import files
 
 # ----------------------------------------------------------------------------
 # Budget grid.
@@ -147,24 +147,6 @@ def budget_grid(originals: np.ndarray, recons: Sequence[np.ndarray], *,
 # File writers.
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary path next to `path`; moves it onto `path` on success."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  # Not tempfile.mkstemp: its 0600 mode would survive the rename; the writers
-  # create this file themselves under the usual umask.
-  tmp = os.path.join(
-      folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def _check_fps(fps: float) -> fractions.Fraction:
   if not fps > 0:
     raise ValueError(f"fps must be > 0; got {fps!r}")
@@ -189,7 +171,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray,
   rate = _check_fps(fps)
   _, h, w, _ = frames.shape
   frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     with av.open(tmp, mode="w", format="mp4") as container:
       stream = container.add_stream("libx264", rate=rate)
       stream.width = frames.shape[2]
@@ -219,7 +201,7 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray,
 
   frames = _check_uint8_video(frames, "frames", "[T, H, W, 3]")
   _check_fps(fps)
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
 
 
@@ -266,7 +248,7 @@ def plot_budget_curve(path: str | os.PathLike, budgets: Sequence[int],
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png")
 
 
@@ -342,7 +324,7 @@ def write_metrics_json(path: str | os.PathLike, *, budgets: Sequence[int],
       **_jsonable(extra, decimals),
   }
   text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
 
@@ -360,7 +342,7 @@ def write_metrics_csv(path: str | os.PathLike, budgets: Sequence[int],
       v = values[i]
       cells.append("" if v is None or not math.isfinite(float(v)) else f"{float(v):.6g}")
     lines.append(",".join(cells))
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write("\n".join(lines) + "\n")
 
@@ -392,5 +374,5 @@ def plot_metric_curves(path: str | os.PathLike, budgets: Sequence[int],
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  with _atomic_path(path) as tmp:
+  with files.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png")

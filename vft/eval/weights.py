@@ -14,12 +14,13 @@ import hashlib
 import importlib.util
 import os
 import pickle
-import uuid
 from typing import Any
 
 from flax import traverse_util
 import jax
 import numpy as np
+
+from vft import files
 
 # (package, file under the package) of each known pickle, and the cache file name.
 SOURCES = {
@@ -55,16 +56,9 @@ def unflatten_tree(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def save_npz(path: str | os.PathLike, tree: Any) -> None:
-  """Writes a tree of arrays as a flat npz, atomically (temporary file, then rename)."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npz"
-  try:
-    np.savez(tmp, **flatten_tree(tree))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes a tree of arrays as a flat npz, atomically (vft.files)."""
+  with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    np.savez(f, **flatten_tree(tree))
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:

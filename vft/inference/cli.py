@@ -11,8 +11,10 @@ import os
 from typing import Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 
+from vft import files
 from vft.api import VideoTokenizer
 from vft.data import video_io
 from vft.eval import report
@@ -35,21 +37,20 @@ def tokenize_file(model: str, input_path: str, output: str, *, fps: float | None
   duration = info.duration or (info.num_frames / info.fps if info.fps else 0.0)
   play_fps = len(video) / duration if duration > 0 else tok.fps
   meta = dict(fps=float(play_fps), target_fps=float(fps or tok.fps), num_frames=len(video),
-              frame_size=list(video.shape[1:3]), model=os.path.abspath(model),
+              frame_size=list(video.shape[1:3]), model=os.fspath(files.absolute(model)),
               chunk_frames=tok.chunking.chunk_frames,
               overlap_frames=tok.chunking.overlap_frames, source=os.path.abspath(input_path),
               seed=int(seed))
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "wb") as f:
+  with files.atomic_path(output) as tmp, open(tmp, "wb") as f:
     np.savez(f, ids=ids.astype(np.int32), **{k: np.asarray(v) for k, v in meta.items()})
-  return dict(meta, ids_shape=list(ids.shape), output=os.path.abspath(output))
+  return dict(meta, ids_shape=list(ids.shape), output=os.fspath(files.absolute(output)))
 
 
 def read_tokens(path: str) -> tuple[np.ndarray, dict]:
   """-> (ids [T', N], metadata) of a `vft tokenize` file."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"--input {path}: not found (expected a .npz from `vft tokenize`)")
-  with np.load(path) as data:
+  with epath.Path(path).open("rb") as f, np.load(f) as data:
     if "ids" not in data:
       raise ValueError(f"{path}: no 'ids' array; expected a .npz written by `vft tokenize`")
     ids = np.asarray(data["ids"])
@@ -87,12 +88,12 @@ def detokenize_file(model: str | None, input_path: str, output: str, *,
   names = [str(k if k is not None else tok.num_registers) for k in keep_k]
   best = int(np.argmax([k if k is not None else tok.num_registers for k in keep_k]))
   report.write_video(output, videos[best], fps=fps)
-  paths["video"] = os.path.abspath(output)
+  paths["video"] = os.fspath(files.absolute(output))
   if len(videos) > 1:
     for name, v in zip(names, videos):
       p = f"{stem}_k{name}.mp4"
       report.write_video(p, v, fps=fps)
-      paths[f"k{name}"] = os.path.abspath(p)
+      paths[f"k{name}"] = os.fspath(files.absolute(p))
     labels = [f"{n} tok" for n in names]
     original = _original(meta, tok, videos[0].shape)
     if original is not None:
@@ -101,7 +102,7 @@ def detokenize_file(model: str | None, input_path: str, output: str, *,
       g = report.budget_grid(videos[0][None], [v[None] for v in videos[1:]], labels=labels)
     grid = grid or f"{stem}_grid.mp4"
     report.write_video(grid, g, fps=fps)
-    paths["grid"] = os.path.abspath(grid)
+    paths["grid"] = os.fspath(files.absolute(grid))
   return {"ids_shape": list(ids.shape), "keep_k": names, "steps": steps,
           "guidance_scale": guidance_scale, "apg": apg, "paths": paths}
 

@@ -21,11 +21,13 @@ import os
 import re
 from typing import Any
 
+from etils import epath
 from flax import traverse_util
 import jax
 import numpy as np
 
 from vft import checkpoint as ckpt_lib
+from vft import files
 from vft.models.config import TokenizerConfig
 
 # Fields of config.model that may differ between the source and this run.
@@ -79,7 +81,7 @@ def check(config, run_workdir: str, dst_cfg: TokenizerConfig) -> tuple[str, str]
                        "but config.init names no checkpoint to take them from (set "
                        "config.init.workdir or config.init.official)")
     return None
-  if os.path.abspath(src[1]) == os.path.abspath(run_workdir):
+  if files.absolute(src[1]) == files.absolute(run_workdir):
     raise ValueError(f"config.init.{src[0]}={src[1]!r} is this run's own workdir; fine-tune into "
                      "a new workdir")
   if src[0] == "workdir":
@@ -92,7 +94,7 @@ def check(config, run_workdir: str, dst_cfg: TokenizerConfig) -> tuple[str, str]
 
 def _workdir_source(config, dst_cfg: TokenizerConfig):
   """-> (workdir, what, src_cfg, step, state metadata tree), checked."""
-  workdir = os.path.abspath(str(config.init.workdir))
+  workdir = os.fspath(files.absolute(str(config.init.workdir)))
   what = f"config.init.workdir={config.init.workdir!r}"
   stage1 = _read_json_config(workdir)
   if "model" not in stage1:
@@ -146,12 +148,11 @@ def _match(src: dict[str, Any], dst: dict[str, Any], src_cfg: TokenizerConfig,
 
 
 def _read_json_config(workdir: str) -> dict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.is_file():
     raise FileNotFoundError(f"config.init.workdir={workdir!r}: no {path} (a workdir of "
                             "`vft train` holds config.json and checkpoints/)")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def from_workdir(config, fresh: dict, dst_cfg: TokenizerConfig) -> tuple[dict, InitReport]:

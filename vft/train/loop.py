@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from vft import checkpoint as ckpt_lib
-from vft import flow, sharding
+from vft import files, flow, sharding
 from vft import metrics as metrics_lib
 from vft.data import pipeline, writer
 from vft.eval import report
@@ -26,7 +26,7 @@ from vft.train.step import jit_train_step, make_train_step
 
 
 def data_dir(config, workdir: str) -> str:
-  return config.data.dir or os.path.join(workdir, "data")
+  return config.data.dir or os.fspath(files.absolute(workdir) / "data")
 
 
 def build_model(config, latent_shape) -> VideoFlexTok:
@@ -63,7 +63,7 @@ class Trainer:
     self.tx = optim_lib.make_optimizer(config)
     make_train_step(self.model, self.tx, config)  # validates config.train, before any I/O
     self.checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+        files.absolute(workdir) / "checkpoints", keep=config.checkpoint.keep,
         use_async=config.checkpoint.use_async)
     if self.checkpointer.latest_step() is None:  # fail fast, before anything is compiled
       try:
@@ -101,9 +101,8 @@ class Trainer:
                     "%s; skipped: %s", report.source, report.subtree, report.step, report.loaded,
                     report.initialised, report.skipped)
     if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, "init_report.json"), "w") as f:
-        json.dump(report.to_json(), f, indent=1)
+      files.write_text(files.absolute(self.workdir) / "init_report.json",
+                       json.dumps(report.to_json(), indent=1))
 
   def restore_if_any(self) -> int:
     """Restores the newest readable checkpoint (falling back past corrupt ones). -> its step."""
