@@ -16,6 +16,7 @@ args=()
 [[ $CONFIG != - ]] && args+=(--config="$CONFIG")
 [[ $WORKDIR != - ]] && args+=(--workdir="$WORKDIR")
 pids=()
+# shellcheck disable=SC2329  # invoked by the EXIT trap
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

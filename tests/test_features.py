@@ -139,7 +139,7 @@ def test_minilm_sentence_embeddings():
 @pytest.mark.slow
 def test_prep_with_repa_targets_and_caption_embeddings(dino_dir, t5_dir, tmp_path):
   from vft.data import pipeline, prep_config, prep_job
-  from vft.data.video_io import write_video
+  from vft.eval.report import write_video
   frames = np.random.default_rng(0).integers(0, 255, (20, 24, 32, 3), dtype=np.uint8)
   for name in ("a", "b"):
     write_video(tmp_path / f"{name}.mp4", frames, fps=4)

@@ -12,7 +12,7 @@ import pytest
 
 from vft.data import clips as clips_lib
 from vft.data import pipeline, prep_config, prep_job, sources
-from vft.data.video_io import write_video
+from vft.eval.report import write_video
 from vft.models.vae import PatchCodec
 from tests.helpers import apply_overrides
 

@@ -9,7 +9,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("importlib_resources", reason="TFDS builders need importlib-resources")
 
 from vft.data import pipeline, prep_config, prep_job, sources, tfds_videos  # noqa: E402
-from vft.data.video_io import write_video  # noqa: E402
+from vft.eval.report import write_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
