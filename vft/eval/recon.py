@@ -56,7 +56,7 @@ class BudgetEvaluator:
       lat = sample_latents(model, params, codes, noise, steps, keep_k=keep_k, guidance=guidance)
       return jnp.clip(codec.decode(lat), -1.0, 1.0)
 
-    mesh = sharding.make_mesh({}, jax.devices()[:1]) if mesh is None else mesh
+    mesh = sharding.make_mesh({}, jax.local_devices()[:1]) if mesh is None else mesh
     self._encode = sharding.jit(encode, mesh, rules)
     self._render = sharding.jit(render, mesh, rules)
     self._score = jax.jit(lambda a, b: (metrics_lib.psnr(a, b), metrics_lib.ssim(a, b)))

@@ -182,7 +182,7 @@ class ChunkedTokenizer:
     self._has_params = dataclasses.is_dataclass(codec) and hasattr(codec, "params")
     # Separately jitted stages, so the (large) codec programs are compiled once per shape and
     # shared by every chunk kind and sampler setting.
-    mesh = sharding.make_mesh({}, jax.devices()[:1]) if mesh is None else mesh
+    mesh = sharding.make_mesh({}, jax.local_devices()[:1]) if mesh is None else mesh
     jit = functools.partial(sharding.jit, mesh=mesh, rules=rules)
     self._codec_encode_jit = jit(self._with_codec(self._codec_encode))
     self._codec_decode_jit = jit(self._with_codec(lambda codec, lat: codec.decode(lat)))
