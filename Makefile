@@ -72,6 +72,7 @@ $(TPU_STAMP): requirements.txt setup.py
 
 plan: $(TPU_STAMP)
 	ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(TPU_VENV)/bin/python -m pytest -q tests/test_plan.py
+	ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(TPU_VENV)/bin/python -m pytest -q -m tpu_aot tests/test_splash.py
 	ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(TPU_VENV)/bin/python -m vft.main plan --config=$(PLAN_CONFIG) \
 	    --topology=$(PLAN_TOPOLOGY)
 

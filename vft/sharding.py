@@ -201,3 +201,17 @@ def num_batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
   spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
   axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
   return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+def per_shard(fn: Callable, logical_names: Sequence[str | None], *arrays: jax.Array) -> jax.Array:
+  """fn(*local_arrays) in a `jax.shard_map` over the active mesh: every array and the result
+  (shaped like arrays[0]) are split by `logical_names` under the active rules (mesh axes that
+  do not divide a dimension dropped, as in `constrain`); the other mesh axes replicate. Without
+  an active mesh and rules, just fn(*arrays). For kernels that must see whole shards (Pallas)."""
+  rules = nn.get_logical_axis_rules()
+  mesh = jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return fn(*arrays)
+  spec = nn.logical_to_mesh_axes(tuple(logical_names), rules)
+  specs = tuple(fit_spec(spec, a.shape, mesh) for a in arrays)
+  return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*arrays)

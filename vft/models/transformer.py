@@ -7,7 +7,8 @@ adds adaLN-zero modulation with expansion E: every token slot of a latent-frame 
 a sub-sequence e (patches 0, registers 1) and gets its own (gate_msa, gate_mlp, shift_msa,
 scale_msa, shift_mlp, scale_mlp) from `Linear(SiLU(temb)) -> [E, 6, D]`.
 
-Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool.
+Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool (static, a
+`splash.StaticMask`, with attention_impl="splash").
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vft import sharding
+from vft.models import splash
 
 Dtype = Any
-ATTENTION_IMPLS = ("xla", "einsum", "cudnn")
+ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash")
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -89,6 +91,8 @@ class Attention(nn.Module):
     elif self.impl in ("xla", "cudnn"):
       out = jax.nn.dot_product_attention(
           q, k, v, mask=mask[None, None], scale=scale, implementation=self.impl)
+    elif self.impl == "splash":
+      out = splash.attention(q, k, v, splash.static_mask(mask), scale)
     else:
       raise ValueError(f"attention impl {self.impl!r} unknown; expected one of {ATTENTION_IMPLS}")
     out = sharding.constrain(out, heads)
@@ -204,7 +208,7 @@ class Transformer(nn.Module):
     kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
               adaln_segments=self.adaln_segments, dtype=self.dtype,
               param_dtype=self.param_dtype, attention_impl=self.attention_impl)
-    mask = jnp.asarray(mask)
+    mask = splash.static_mask(mask) if self.attention_impl == "splash" else jnp.asarray(mask)
     if self.scan:
       body = _ScanBody
       if self.remat:
