@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from typing import Iterator
 import uuid
@@ -35,27 +34,28 @@ def publish(local_tmp: str, dst: str | os.PathLike) -> None:
     os.unlink(local_tmp)
 
 
+def local_temp(dst: str | os.PathLike) -> str:
+  """A fresh local file path to write `dst` into before `publish`: next to `dst` when it is
+  local (so a rename publishes it), else in the local temp dir. Named `.<name>.<pid>.<uuid>.tmp`
+  and not created here (not tempfile.mkstemp: its 0600 mode would survive the rename; the
+  writers create the file themselves under the usual umask)."""
+  dst = absolute(dst)
+  folder = os.fspath(dst.parent) if is_local(dst) else tempfile.gettempdir()
+  return os.path.join(folder, f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   """Yields a local temporary file path; on success it becomes `path` (creating its folder)."""
   dst = absolute(path)
   dst.parent.mkdir(parents=True, exist_ok=True)
-  scratch = None
-  if is_local(dst):
-    # Not tempfile.mkstemp: its 0600 mode would survive the rename; the writers
-    # create this file themselves under the usual umask.
-    tmp = os.path.join(os.fspath(dst.parent), f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-  else:
-    scratch = tempfile.mkdtemp(prefix="vft-upload-")
-    tmp = os.path.join(scratch, dst.name)
+  tmp = local_temp(dst)
   try:
     yield tmp
     publish(tmp, dst)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-    if scratch is not None:
-      shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

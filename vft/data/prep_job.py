@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from typing import Any, Sequence
 
@@ -218,42 +217,37 @@ class PrepJob:
     if files.is_local(self.out):  # next to the shard (a rename publishes it); stale ones removed
       for stale in self.out.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp",
-                               dir=str(self.out) if files.is_local(self.out) else None)
-    os.close(fd)
-    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     spec_seen = None
-    try:
-      for i, item in enumerate(items):
-        vi = first + i
-        rng = np.random.default_rng([self.seed, vi])
-        try:
-          frames = None if self.frames_fn is None else self.frames_fn(item)
-          clips = clips_lib.sample_clips(item, self.spec, rng, frames=frames)
-        except Exception as e:  # noqa: BLE001  one bad file never stops the job
-          reason = str(e).removeprefix(f"{item.path}: ")
-          skipped.append({"path": str(item.path), "video_id": item.video_id,
-                          "reason": f"{type(e).__name__}: {reason}"})
-          logging.warning("prep: skipping %s: %s", item.path, reason)
+    with files.atomic_path(self.out / name) as tmp:
+      writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+      try:
+        for i, item in enumerate(items):
+          vi = first + i
+          rng = np.random.default_rng([self.seed, vi])
+          try:
+            frames = None if self.frames_fn is None else self.frames_fn(item)
+            clips = clips_lib.sample_clips(item, self.spec, rng, frames=frames)
+          except Exception as e:  # noqa: BLE001  one bad file never stops the job
+            reason = str(e).removeprefix(f"{item.path}: ")
+            skipped.append({"path": str(item.path), "video_id": item.video_id,
+                            "reason": f"{type(e).__name__}: {reason}"})
+            logging.warning("prep: skipping %s: %s", item.path, reason)
+            pbar.update(1)
+            continue
+          for j, (start, px) in enumerate(clips):
+            pending.append((vi, j, item, start, px))
           pbar.update(1)
-          continue
-        for j, (start, px) in enumerate(clips):
-          pending.append((vi, j, item, start, px))
-        pbar.update(1)
-        while len(pending) >= self.encoder.batch_size:
-          spec_seen = self._flush(pending[:self.encoder.batch_size], writer, keep_pixels,
-                                  examples_meta, spec_seen, pbar)
-          del pending[:self.encoder.batch_size]
-      if pending:
-        spec_seen = self._flush(pending, writer, keep_pixels, examples_meta, spec_seen, pbar)
-      writer.close()
-      writer = None
-      files.publish(tmp, self.out / shard_name(split, k))
-    finally:
-      if writer is not None:
+          while len(pending) >= self.encoder.batch_size:
+            spec_seen = self._flush(pending[:self.encoder.batch_size], writer, keep_pixels,
+                                    examples_meta, spec_seen, pbar)
+            del pending[:self.encoder.batch_size]
+        if pending:
+          spec_seen = self._flush(pending, writer, keep_pixels, examples_meta, spec_seen, pbar)
         writer.close()
-      if os.path.exists(tmp):
-        os.unlink(tmp)
+        writer = None  # published by atomic_path
+      finally:
+        if writer is not None:
+          writer.close()
     meta = {"file": shard_name(split, k), "split": split, "shard": k,
             "num_records": len(examples_meta), "num_videos": len(items),
             "first_video": first, "records": examples_meta, "skipped": skipped,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 from array_record.python import array_record_module
@@ -168,10 +167,7 @@ class ShardWriter:
     name = shard_name(self.split, len(self._shards))
     # ArrayRecordWriter writes local files only: next to the shard (a rename publishes it), or
     # in the local temp dir for gs:// (one upload publishes it).
-    fd, self._tmp_path = tempfile.mkstemp(
-        prefix=f".{name}.", suffix=".tmp",
-        dir=os.fspath(self.out_dir) if files.is_local(self.out_dir) else None)
-    os.close(fd)
+    self._tmp_path = files.local_temp(self.out_dir / name)
     self._writer = array_record_module.ArrayRecordWriter(self._tmp_path, WRITER_OPTIONS)
     self._in_shard = 0
 
