@@ -9,8 +9,8 @@ Order of operations: source (global record index attached) -> seeded shuffle -> 
 epoch reshuffled) -> decode -> (posterior sampling): ONE global record stream, the same for every
 process count. It is cut into global batches of `batch_size_per_process * process_count`
 records; process p takes its contiguous block `[p * b:(p + 1) * b]` of every global batch
-(`_ProcessRows`), which is how `jax.make_array_from_process_local_data` lays the process-local
-rows into the global array (process 0's devices hold the first rows). So the global batch at
+(`vft.data.global_order.ProcessRows`), which is how `jax.make_array_from_process_local_data`
+lays the process-local rows into the global array (process 0's devices hold the first rows). So the global batch at
 every step is the same ordered list of records whatever the process count, and a run resumed on
 another pod shape reads on in the same order. Then: batch (read threads fetch whole batches
 ahead) -> optional worker processes (each takes every worker_count-th batch, so the order does
@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 from etils import epath
@@ -46,6 +46,7 @@ import ml_dtypes
 import numpy as np
 
 from vft import files
+from vft.data import global_order
 from vft.data.records import CorruptRecordError, decode_record
 from vft.data.writer import read_manifest, split_entry
 
@@ -120,93 +121,6 @@ class _Decode:
     return {f: example[f] for f in self.fields}
 
 
-class _ReadableRecords(grain.MapDataset):
-  """Element j of `parent` (decoded records, None where corrupt), a corrupt one replaced by the
-  next readable element (j + 1, j + 2, ..., wrapping around at the end)."""
-
-  def __init__(self, parent: grain.MapDataset, max_scan: int):
-    super().__init__(parent)
-    self._max_scan = max_scan
-
-  def __len__(self) -> int:
-    return len(self._parent)
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    for k in range(self._max_scan):
-      example = self._parent[(index + k) % len(self._parent)]
-      if example is not None:
-        return example
-    raise ValueError(f"no readable record among the {self._max_scan} records from stream "
-                     f"position {index} on: every one of them is corrupt")
-
-
-class _ProcessRows(grain.MapDataset):
-  """This process's rows of the global batches of `parent` (the global record stream, from
-  record `start` on): element i is parent[start + (i // b) * G + p * b + i % b], with
-  b = G / process_count rows per process and global batch size G."""
-
-  def __init__(self, parent: grain.MapDataset, *, start: int, global_batch_size: int,
-               process_index: int, process_count: int, drop_remainder: bool):
-    super().__init__(parent)
-    self._start, self._g, self._p = start, global_batch_size, process_index
-    self._b = global_batch_size // process_count
-    full, rest = divmod(max(0, len(parent) - start), global_batch_size)
-    if rest and not drop_remainder and process_count > 1:
-      raise ValueError(f"drop_remainder=False: the last global batch has {rest} of "
-                       f"{global_batch_size} records, which {process_count} processes cannot "
-                       "split evenly; use drop_remainder=True with several processes")
-    self._length = full * self._b + (0 if drop_remainder else min(self._b, rest))
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    step, row = divmod(index, self._b)
-    return self._parent[self._start + step * self._g + self._p * self._b + row]
-
-
-class GlobalOrderDataset(grain.IterDataset):
-  """Batches of this process's rows of every global batch; `build(start)` makes the pipeline
-  from global record `start` on. Its iterator's state is the global position (module doc)."""
-
-  def __init__(self, build: Callable[[int], grain.IterDataset], global_batch_size: int):
-    super().__init__(build(0))
-    self.build, self.global_batch_size = build, global_batch_size
-
-  def __iter__(self) -> "_GlobalOrderIterator":
-    return _GlobalOrderIterator(self)
-
-
-class _GlobalOrderIterator(grain.DatasetIterator):
-
-  def __init__(self, ds: GlobalOrderDataset):
-    super().__init__(iter(ds._parent))
-    self._ds = ds
-    self._start = self._batches = 0
-
-  def __next__(self) -> dict[str, Any]:
-    batch = next(self._parent)
-    self._batches += 1
-    return batch
-
-  def get_state(self) -> dict[str, Any]:
-    return {"position": self._start + self._batches * self._ds.global_batch_size,
-            "global_batch_size": self._ds.global_batch_size}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if not isinstance(state, dict) or not isinstance(state.get("position"), int):
-      raise ValueError(f"data iterator state {state!r}: expected {{'position': <records of the "
-                       "global stream consumed>, ...}} (written by this version of "
-                       "vft.data.pipeline)")
-    self._parent.close()
-    self._parents = (iter(self._ds.build(state["position"])),)
-    self._start, self._batches = state["position"], 0
-
-
 def _shards(data_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[epath.Path]]:
   data_dir = files.absolute(data_dir)
   entry = split_entry(read_manifest(data_dir), split, data_dir)
@@ -240,7 +154,7 @@ def make_dataset(
     fields: Sequence[str] | None = ("latents",),
     read_threads: int = 4,
     prefetch_buffer_size: int | None = None,
-) -> GlobalOrderDataset:
+) -> global_order.GlobalOrderDataset:
   """A grain IterDataset of batches {field: np.ndarray [batch_size_per_process, ...]}.
 
   Arrays keep their stored dtype (latents: bfloat16). `num_epochs=None` repeats forever.
@@ -281,22 +195,23 @@ def make_dataset(
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   decode = _Decode([p.name for p, _ in nonempty], [n for _, n in nonempty], fields)
-  ds = _ReadableRecords(ds.map(decode), max_scan=len(source))
+  ds = global_order.ReadableRecords(ds.map(decode), max_scan=len(source))
   if sample:  # keyed by the global stream position: the same draws for every process count
     ds = ds.random_map(_sample_posterior, seed=seed)
   gbs = batch_size_per_process * process_count
   prefetch = max(2, read_threads) if prefetch_buffer_size is None else prefetch_buffer_size
 
   def build(start: int) -> grain.IterDataset:
-    rows = _ProcessRows(ds, start=start, global_batch_size=gbs, process_index=process_index,
-                        process_count=process_count, drop_remainder=drop_remainder)
+    rows = global_order.ProcessRows(ds, start=start, global_batch_size=gbs,
+                                    process_index=process_index, process_count=process_count,
+                                    drop_remainder=drop_remainder)
     it_ds = rows.batch(batch_size_per_process, drop_remainder=drop_remainder).to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if worker_count > 0:
       it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
 
-  return GlobalOrderDataset(build, gbs)
+  return global_order.GlobalOrderDataset(build, gbs)
 
 
 def to_global_batch(local_batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
