@@ -170,9 +170,10 @@ def _rms_norm(cfg: ARConfig, name: str) -> nn.RMSNorm:
 class Block(nn.Module):
   """Pre-norm block: causal self-attention (+ KV cache), text cross-attention (T2V), SwiGLU.
 
-  x [B, S, D]; cache None or (k, v) [B, Smax, H, Dh] written at `index`; mask
+  x [B, S, D]; cache None or (k, v) [B, Smax, H, Dh] (this chunk goes at `index`); mask
   [1, 1, S, Sk]; text [B, Lt+1, Dt] (with the null token) or None when text_kv (k, v)
-  [B, Lt+1, H, Dh] is given; text_mask [B, Lt+1]. Returns (x, (cache, text_kv)).
+  [B, Lt+1, H, Dh] is given; text_mask [B, Lt+1]. Returns (x, (new_kv, text_kv)) where new_kv
+  (k, v) [B, S, H, Dh] are this chunk's keys / values (None without a cache).
   """
   cfg: ARConfig
   deterministic: bool = True
@@ -183,11 +184,11 @@ class Block(nn.Module):
     impl = c.attention_impl
     h = _rms_norm(c, "attn_norm")(x)
     q, k, v = (_heads(c, n, h) for n in ("wq", "wk", "wv"))
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
-      k, v = sharding.constrain(k, _HEADS), sharding.constrain(v, _HEADS)
-      cache = (k, v)
+    if cache is not None:  # attend over the cached keys with this chunk's written in
+      new = (k.astype(cache[0].dtype), v.astype(cache[1].dtype))
+      k, v = (sharding.constrain(jax.lax.dynamic_update_slice_in_dim(a, b, index, axis=1),
+                                 _HEADS) for a, b in zip(cache, new))
+      cache = new  # only the new entries leave the layer: the caller writes them in place
     h = _attend(q, k, v, mask, impl=impl, dropout=c.attn_dropout, deterministic=det,
                 name="attn_dropout")
     h = _out_proj(c, "proj", h)
@@ -268,8 +269,10 @@ class ARTransformer(nn.Module):
     logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     if not decode:
       return logits
-    new_cache = {"k": sharding.constrain(new_cache[0], CACHE_AXES),
-                 "v": sharding.constrain(new_cache[1], CACHE_AXES)}
+    # [depth, B, n, H, Dh] written at `index` into the whole cache: in place inside a loop
+    new_cache = {name: sharding.constrain(jax.lax.dynamic_update_slice_in_dim(
+        cache[name], new.astype(cache[name].dtype), index, axis=2), CACHE_AXES)
+        for name, new in zip(("k", "v"), new_cache)}
     if new_kv is not None:
       new_kv = {"k": new_kv[0], "v": new_kv[1], "mask": text_mask}
     return logits, new_cache, new_kv
