@@ -33,6 +33,11 @@ TRAIN = TINY + [("tokenizer_d12_d12.py", None), ("tokenizer_d12_d12.py", "small_
                 ("finetune_decoder_d18_d28.py", None),
                 ("finetune_decoder_d18_d28.py", "small_batch")]
 PREP = [None, "k600_128", "k600_256", "long_81", "demo", "tiny"]
+# AR configs (configs/ar_*.py): every variant builds its model abstractly.
+AR = ([("ar_c2v.py", a) for a in (None, "49m", "85m", "201m", "393m", "679m", "1.33b", "2.29b",
+                                  "demo", "tiny")]
+      + [("ar_t2v.py", a) for a in (None, "400m", "1.1b", "2b", "5.2b", "5.2b_4x", "long",
+                                    "demo", "tiny")])
 # prep variant -> the training configs whose data it makes (same latent shape)
 PREP_FOR = {"k600_128": ["tokenizer_d12_d12.py", "tokenizer_d18_d18.py"],
             "k600_256": ["tokenizer_d18_d28.py", "finetune_decoder_d18_d28.py"]}
@@ -77,7 +82,8 @@ def _abstract_batch(config, spec, batch_sharding) -> dict:
 
 def test_every_config_file_is_covered():
   names = {os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.py"))}
-  assert names == {n for n, _ in TRAIN} | {"prep_video.py"} | set(EVAL_OF), names
+  assert names == ({n for n, _ in TRAIN} | {"prep_video.py"} | set(EVAL_OF)
+                   | {n for n, _ in AR}), names
 
 
 def _lower_one_step(config):
@@ -120,6 +126,37 @@ def test_train_config_builds_and_one_step_lowers(name, arg):
 def test_tiny_train_config_step_compiles(name, arg):
   lowered, _, _ = _lower_one_step(_config(name, arg))
   lowered.compile()
+
+
+@pytest.mark.parametrize("name,arg", AR, ids=_ids(AR))
+def test_ar_config_builds_its_model(name, arg):
+  from vft.models.ar import ARConfig, ARTransformer
+  c = _config(name, arg)
+  cfg = ARConfig.from_config(c.model)
+  seq = int(c.train.get("budget") or 0) or None
+  length = cfg.max_len if seq is None else 21 * seq  # the long-video variant: 21 frames x K
+  cond = {}
+  if cfg.num_classes:
+    cond["label"] = jnp.zeros((1,), jnp.int32)
+  if cfg.text_dim:
+    cond["text"] = jnp.zeros((1, 8, cfg.text_dim), jnp.bfloat16)
+  model = ARTransformer(cfg)
+
+  def build():
+    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32), **cond)
+    return params, model.apply(params, jnp.zeros((1, length), jnp.int32), **cond)
+
+  params, logits = jax.eval_shape(build)
+  assert logits.shape == (1, length, cfg.vocab_size) == (1, length, 64000)
+  assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params)) > 0
+  assert cfg.width % cfg.num_heads == 0 and length <= cfg.max_len
+  if arg not in ("demo", "tiny"):  # the paper's recipe (Tables 6, 7)
+    assert (cfg.width, cfg.num_heads, cfg.max_len) == (64 * cfg.depth, cfg.depth, 1280)
+    assert cfg.dropout == (0.1 if name == "ar_c2v.py" else 0.0)
+  o = c.optim
+  assert (o.weight_decay, o.grad_clip) == (0.05, 1.0)
+  if c.total_steps > 100:
+    assert abs(o.warmup_steps - 0.025 * c.total_steps) <= 1
 
 
 @pytest.mark.parametrize("arg", PREP)

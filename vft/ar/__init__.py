@@ -1,0 +1,1 @@
+"""Autoregressive generation over VideoFlexTok tokens: sequence orders and sampling."""
