@@ -163,3 +163,31 @@ def sibling_config(this_file: str, name: str, arg: str | None = None
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def ar_config(*, depth: int, lr: float, batch_size: int, train_tokens: float,
+              dropout: float, num_classes: int = 0, text_dim: int = 0,
+              tokens_per_sample: int = 1280, warmup_fraction: float = 0.025
+              ) -> ml_collections.ConfigDict:
+  """The AR transformer's settings (paper F.2, Tables 6 and 7): `config.task = "ar"` on a token
+  dataset (`vft tokenize-dataset`); width 64 x depth, heads = depth, SwiGLU MLP ratio 4 (hidden
+  8 x width / 3), learned positions, max sequence 1280, vocabulary 64 000 (the FSQ codebook);
+  AdamW (weight decay 0.05, clip 1.0) with linear warmup over `warmup_fraction` of training
+  from 1e-6, cosine decay; training length in tokens (`tokens_per_sample` per sequence);
+  conditioning dropout 0.1 to the null class / null text."""
+  c = base_config()
+  c.task = "ar"
+  c.data.global_batch_size = batch_size
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=64000, depth=depth, width=64 * depth, num_heads=depth, max_len=1280,
+      num_classes=num_classes, text_dim=text_dim, dropout=dropout, attn_dropout=dropout,
+      dtype="bfloat16", param_dtype="float32", scan=True, remat=True))
+  # order: "time_first" (paper C.3) | "depth_first"; budget: train on the first K tokens of
+  # every latent frame (0 = all); trainable_params: as for the tokenizer ("" = all).
+  c.train = ml_collections.ConfigDict(dict(
+      cfg_dropout=0.1, order="time_first", budget=0, trainable_params=""))
+  c.total_steps = tokens_to_steps(train_tokens, batch_size, tokens_per_sample)
+  c.optim.update(dict(lr=lr, init_lr=1e-6, end_lr_factor=0.0, weight_decay=0.05, grad_clip=1.0,
+                      warmup_steps=max(1, int(round(warmup_fraction * c.total_steps)))))
+  c.eval.update(dict(every_steps=5000, num_clips=64))
+  return c
