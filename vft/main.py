@@ -12,6 +12,8 @@ Standalone jobs (no --workdir; flags defined in vft/data/cli.py and vft/eval/cli
   vft eval --checkpoint=WORKDIR|model.safetensors --videos=DIR|SHARDS --budgets=1,2,4 --out=OUT
   vft fvd DIR_A DIR_B [--frames=16] [--json]
   vft plan --config=configs/x.py --topology=v5p-256   (memory/compile plan; vft/plan_cli.py)
+  vft tokenize-dataset --tokenizer=WORKDIR|model.safetensors --input=PREP_OUT --output=OUT
+                 (token ids of a prep dataset for AR training; vft/data/tokenize_job.py)
 
 Inference (no --config; --model is an official .safetensors file or one of our workdirs):
   vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
@@ -126,6 +128,8 @@ def main(argv):
     return inference(argv[1])
   if len(argv) > 1 and argv[1] == "prep" and data_cli.standalone_requested():
     return data_cli.prep_main(_CONFIG.value, _INPUT.value, _OUTPUT.value)
+  if len(argv) > 1 and argv[1] == "tokenize-dataset":
+    return data_cli.tokenize_dataset_main(_INPUT.value, _OUTPUT.value)
   if len(argv) > 1 and argv[1] == "plan":
     return plan_cli.plan_main(_CONFIG.value)
   if len(argv) > 1 and argv[1] == "eval" and eval_cli.standalone_requested():

@@ -8,6 +8,11 @@ after a barrier), or independent processes given `--process_index=i --process_co
 coordination needed: whichever process finishes last writes manifest.json; re-running any of
 them after all have finished writes it too).
 
+`vft tokenize-dataset --tokenizer=CKPT --input=PREP_OUT --output=OUT [--posterior=sample|mode
+--token_dtype=int32|uint16 --batch_size=16 --seed=0]`: the prep output's latents -> token ids
+(vft.data.tokenize_job); the same slicing (--distributed or --process_index/--process_count),
+resume and --overwrite as prep.
+
 Flags are defined here (imported by vft/main.py before parsing); heavy imports stay inside
 the functions.
 """
@@ -25,6 +30,14 @@ _PROCESS_COUNT = flags.DEFINE_integer(
     "process_count", None, "prep: number of independent prep processes (without --distributed).")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "prep: replace an output made with another config or input list.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "tokenize-dataset: the tokenizer, a vft workdir or an official "
+    ".safetensors file (or a folder holding model.safetensors).")
+_POSTERIOR = flags.DEFINE_enum(
+    "posterior", "sample", ["sample", "mode"], "tokenize-dataset: for inputs that store VAE "
+    "moments, tokenize a posterior sample keyed by (--seed, record) or the mean.")
+_TOKEN_DTYPE = flags.DEFINE_enum("token_dtype", "int32", ["int32", "uint16"],
+                                 "tokenize-dataset: dtype of the stored ids.")
 
 
 def standalone_requested() -> bool:
@@ -73,3 +86,26 @@ def prep_main(config, input_path: str, output: str | None):
                                                "latent_shape", "dtype", "config_hash")}))
     for s in manifest["skipped"]:
       print(f"skipped {s['path']}: {s['reason']}")
+
+
+def tokenize_dataset_main(input_path: str | None, output: str | None):
+  from absl import app
+  if not _TOKENIZER.value or not input_path or not output:
+    raise app.UsageError("vft tokenize-dataset needs --tokenizer (a workdir or official "
+                         ".safetensors), --input (a `vft prep` output) and --output")
+  from vft.api import VideoTokenizer
+  from vft.data import tokenize_job
+  logging.set_verbosity(logging.INFO)
+  tok = VideoTokenizer.load(_TOKENIZER.value)
+  manifest = tokenize_job.run_tokenize(
+      tok, input_path, output, posterior=_POSTERIOR.value, token_dtype=_TOKEN_DTYPE.value,
+      seed=FLAGS.seed, batch_size=FLAGS.batch_size or 16, process_index=_PROCESS_INDEX.value,
+      process_count=_PROCESS_COUNT.value, overwrite=_OVERWRITE.value)
+  if manifest is None:
+    print(json.dumps({"output": output, "complete": False,
+                      "note": "other processes' shards are not finished yet"}))
+  else:
+    print(json.dumps({k: manifest[k] for k in ("num_records", "num_skipped", "tokens_shape",
+                                               "token_dtype", "vocab_size", "config_hash")}))
+    for s in manifest["skipped"]:
+      print(f"skipped {s['record']}: {s['reason']}")

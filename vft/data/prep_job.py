@@ -409,8 +409,14 @@ def run_prep(cfg, input_spec: str, output: str, *, codec=None) -> dict[str, Any]
                 seed=int(cfg.seed), process_index=index, process_count=count,
                 progress=bool(cfg.progress), overwrite=bool(cfg.overwrite),
                 max_shards=cfg.get("max_shards"), frames_fn=frames_fn)
-  manifest = job.run()
-  if jax.process_count() > 1 and int(cfg.get("process_count", -1)) <= 0:
+  return finish_processes(job, job.run(), output, int(cfg.get("process_count", -1)) > 0)
+
+
+def finish_processes(job: PrepJob, manifest: dict[str, Any] | None, output: str,
+                     independent: bool) -> dict[str, Any] | None:
+  """After `job.run()` in every jax process (unless the processes are `independent`, given
+  explicit slices): a barrier, process 0 writes manifest.json, all return its content."""
+  if jax.process_count() > 1 and not independent:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("vft_prep_shards_done")
     if jax.process_index() == 0:

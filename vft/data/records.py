@@ -4,7 +4,9 @@ Fields of an example (a plain dict):
   latents   required* np.ndarray [T, H, W, C], bfloat16 or float16: VAE latents, channels-last.
   moments   required* np.ndarray [T, H, W, 2C], bfloat16/float16/float32: VAE posterior (mean
             channels [:C], logvar [C:]), so that the posterior can be sampled at train time.
-            (*) a record holds `latents`, `moments` or both.
+  tokens    required* np.ndarray [T', N], int32 or uint16: tokenizer ids of the clip's latents
+            (token datasets, `vft tokenize-dataset`).
+            (*) a record holds `latents`, `moments` or both, or `tokens`.
   label     optional  int: class label.
   caption   optional  str: text caption.
   repa      optional  np.ndarray [T, h, w, F], bfloat16/float16/float32: REPA target features.
@@ -37,10 +39,11 @@ ARRAY_FIELDS = {
     "video": (4, ("uint8",), 3),
     "moments": (4, ("bfloat16", "float16", "float32"), None),
     "text_emb": (2, ("bfloat16", "float16", "float32"), None),
+    "tokens": (2, ("int32", "uint16"), None),
 }
 INT_FIELDS = ("label", "text_len")
 STR_FIELDS = ("caption", "video_id")
-REQUIRED_ANY = ("latents", "moments")  # a record holds at least one of these
+REQUIRED_ANY = ("latents", "moments", "tokens")  # a record holds at least one of these
 KNOWN_FIELDS = tuple(ARRAY_FIELDS) + INT_FIELDS + STR_FIELDS
 
 _DTYPES = {
@@ -71,8 +74,8 @@ def validate_example(example: dict[str, Any]) -> None:
   if unknown:
     raise ValueError(f"example: unknown field(s) {unknown}; known fields are {list(KNOWN_FIELDS)}")
   if not any(name in example for name in REQUIRED_ANY):
-    raise ValueError(f"example: missing required field 'latents' (or 'moments'); got fields "
-                     f"{sorted(example)}")
+    raise ValueError(f"example: missing required field 'latents' (or 'moments') or 'tokens'; "
+                     f"got fields {sorted(example)}")
   for name, (ndim, dtypes, last) in ARRAY_FIELDS.items():
     if name not in example:
       continue
@@ -148,8 +151,8 @@ def decode_record(data: bytes, *, source: str = "") -> dict[str, Any]:
   """msgpack bytes -> example dict with numpy arrays (read-only views of `data`).
 
   Raises CorruptRecordError (a ValueError) naming `source` for bad msgpack, missing
-  `latents`/`moments`, an unknown field or dtype, a shape/bytes mismatch, or a wrong number of
-  dims.
+  `latents`/`moments`/`tokens`, an unknown field or dtype, a shape/bytes mismatch, or a wrong
+  number of dims.
   """
   where = f"record {source}" if source else "record"
   try:

@@ -235,6 +235,10 @@ class ChunkedTokenizer:
     """Jitted: latents [B, t, h, w, C] -> video [B, 1 + 4(t - 1), H, W, 3]."""
     return self._codec_decode_jit(self._codec_params(), latents)
 
+  def model_encode(self, params, latents) -> jax.Array:
+    """Jitted: latents [B, t, h, w, C] (t <= chunk latents) -> ids [B, t, N] int32."""
+    return self._model_encode_jit(params, latents)
+
   def encode_chunk(self, params, video, eps) -> dict:
     """video [B, T, H, W, 3], eps [B, t, h, w, C] | None -> {ids [B, t, N], latents}."""
     latents = self.codec_encode(video, eps)

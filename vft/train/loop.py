@@ -1,46 +1,33 @@
-"""`train_and_evaluate(config, workdir)`: the tokenizer training recipe, top to bottom."""
+"""`train_and_evaluate(config, workdir)`: the training recipe of every stage, top to bottom.
+
+What is trained (the tokenizer, its decoder fine-tune, the AR model) is a task object
+(`vft.train.tasks`, picked by `config.task`): its model, init, loss, batch fields and eval hook.
+Mesh, sharded state, optimizer, grain input, orbax checkpoints with the data-iterator state,
+clu writers, the NaN guard and preemption are the same for all of them, here."""
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Sequence
 
 import jax
-import numpy as np
 
 from vft import checkpoint as ckpt_lib
-from vft import files, flow, sharding
+from vft import files, sharding
 from vft import metrics as metrics_lib
-from vft.data import pipeline, writer
-from vft.eval import report
-from vft.eval.recon import BudgetEvaluator
-from vft.models.config import TokenizerConfig
-from vft.models.tokenizer import VideoFlexTok
-from vft.models.vae import make_codec
-from vft.train import init_from
+from vft.data import pipeline
 from vft.train import optimizer as optim_lib
 from vft.train import preemption
 from vft.train import state as state_lib
+from vft.train import tasks
 from vft.train.step import jit_train_step, make_train_step
+# The tokenizer task's helpers, where their callers (api, eval job, tests) look for them.
+from vft.train.tasks import (budgets_for, build_model, eval_data_dir,  # noqa: F401
+                             latent_spec, load_eval_clips, make_evaluator, periodic_eval_clips)
 
 
 def data_dir(config, workdir: str) -> str:
   return config.data.dir or os.fspath(files.absolute(workdir) / "data")
-
-
-def build_model(config, latent_shape) -> VideoFlexTok:
-  """latent_shape: [T, H, W, C] of one record; checked against config.model."""
-  mcfg = TokenizerConfig.from_config(config.model)
-  if latent_shape[-1] != mcfg.latent_channels:
-    raise ValueError(f"config.model.latent_channels={mcfg.latent_channels}, but the data has "
-                     f"latents with {latent_shape[-1]} channels (shape {list(latent_shape)})")
-  return VideoFlexTok(mcfg)
-
-
-def latent_spec(data_root: str, split: str) -> list[int]:
-  """[T, h, w, C] of the latents of `split` (stored, or sampled from stored moments)."""
-  return pipeline.latent_shape(data_root, split)
 
 
 class Trainer:
@@ -51,48 +38,46 @@ class Trainer:
     self.mesh = sharding.mesh_from_config(config)
     self.rules = sharding.rules_from_config(config.sharding_rules)
     self.data_root = data_dir(config, workdir)
-    # Manifest vs config: channels, latent grid, patch size, VAE identity, REPA targets.
-    self.spec = pipeline.check_dataset(config, self.data_root)
-    self.model = build_model(config, self.spec)
-    self.codec = make_codec(config.codec)
+    self.task = tasks.make_task(config, self.data_root)  # checks the data against the config
+    self.model, self.spec = self.task.model, self.task.spec
+    self.codec = getattr(self.task, "codec", None)
     gbs = int(config.data.global_batch_size)
     shards = sharding.num_batch_shards(self.mesh, self.rules)
     if gbs % jax.process_count() or gbs % shards:
       raise ValueError(f"config.data.global_batch_size={gbs} must be divisible by the process "
                        f"count {jax.process_count()} and the batch shards of the mesh ({shards})")
     self.tx = optim_lib.make_optimizer(config)
-    make_train_step(self.model, self.tx, config)  # validates config.train, before any I/O
+    make_train_step(self.model, self.tx, config, self.task.loss_fn)  # validates, before any I/O
     self.checkpointer = ckpt_lib.Checkpointer(
         files.absolute(workdir) / "checkpoints", keep=config.checkpoint.keep,
         use_async=config.checkpoint.use_async)
     if self.checkpointer.latest_step() is None:  # fail fast, before anything is compiled
       try:
-        init_from.check(config, workdir, self.model.cfg)
+        self.task.check_init(workdir)
       except Exception:
         self.checkpointer.close()
         raise
     use_ema = float(config.optim.get("ema_decay", 0.0)) > 0
-    self.state, self.state_sharding = state_lib.init_state(
-        self.model, self.tx, jax.random.key(config.seed), (1, *self.spec), use_ema, self.mesh,
+    self.state, self.state_sharding = state_lib.init_state_from(
+        self.task.init_params, self.tx, jax.random.key(config.seed), use_ema, self.mesh,
         self.rules)
     self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     self.dataset = pipeline.make_dataset(
         self.data_root, config.data.train_split, batch_size_per_process=gbs // jax.process_count(),
-        seed=config.seed, worker_count=config.data.worker_count,
-        fields=("latents", "repa") if float(config.train.get("repa_weight", 0.0)) > 0
-        else ("latents",))
+        seed=config.seed, worker_count=config.data.worker_count, fields=self.task.fields)
     self.data_iter = iter(self.dataset)
     self.init_report = None
     if self.checkpointer.latest_step() is None:  # a fresh run: start from config.init if set
       self._initialize_from_source()
     self.train_step = jit_train_step(self.model, self.tx, config, self.mesh, self.rules,
-                                     self.state_sharding)
+                                     self.state_sharding, loss_fn=self.task.loss_fn)
 
   def _initialize_from_source(self) -> None:
     """Loads `config.init` (a stage-1 workdir or an official file) into params (and EMA)."""
-    if init_from.source(self.config) is None:
+    init = self.task.initial_params(self.state.params)
+    if init is None:
       return
-    params, report = init_from.initial_params(self.config, self.state.params, self.model.cfg)
+    params, report = init
     copy = lambda tree: jax.tree_util.tree_map(lambda x: x.copy(), tree)  # noqa: E731
     self.state = self.state.replace(
         params=params, ema_params=None if self.state.ema_params is None else copy(params))
@@ -124,8 +109,11 @@ class Trainer:
   def eval_params(self):
     return self.state.ema_params if self.state.ema_params is not None else self.state.params
 
-  def run(self, evaluator=None, eval_clips=None, until_step: int | None = None) -> dict:
+  def run(self, eval_hook=None, until_step: int | None = None) -> dict:
     """Trains to config.total_steps (resuming if a checkpoint exists). Returns last metrics.
+
+    `eval_hook(params, step, writer)` (the task's `eval_hook(trainer)`) runs every
+    config.eval.every_steps and at the end.
 
     `until_step` stops early (as an interruption would: the schedule still spans total_steps)
     after saving a checkpoint there. A SIGTERM saves a checkpoint at the next step boundary all
@@ -159,14 +147,8 @@ class Trainer:
         self.checkpointer.save(step + 1, self.state, self.data_iter)
       if preempted:
         break
-      if evaluator is not None and ((step + 1) % cfg.eval.every_steps == 0 or done):
-        res = evaluator(self.eval_params(), *eval_clips, budgets_for(cfg, self.model))
-        writer_.write_scalars(step + 1, {
-            f"eval/{m}_k{k:04d}": v for m in res.get("metrics", ("psnr", "ssim"))
-            for k, v in zip(res["budgets"], res[m])})
-        grid = report.budget_grid(eval_clips[1], res["recons"],
-                                  labels=["orig"] + [str(k) for k in res["budgets"]])
-        writer_.write_images(step + 1, {"eval/recon_grid_middle_frame": grid[None, len(grid) // 2]})
+      if eval_hook is not None and ((step + 1) % cfg.eval.every_steps == 0 or done):
+        eval_hook(self.eval_params(), step + 1, writer_)
     if pending is not None:
       last = self._check(*pending)
       writer_.write_scalars(pending[0], last)
@@ -195,70 +177,11 @@ class Trainer:
     self.checkpointer.close()
 
 
-def budgets_for(config, model: VideoFlexTok) -> list[int]:
-  return flow.eval_budgets(model.cfg.num_registers, config.eval.budgets, "config.eval.budgets")
-
-
-def eval_data_dir(config, data_root: str) -> str:
-  """Where the eval clips live: config.eval.data_dir, else the training data dir."""
-  return config.eval.get("data_dir") or data_root
-
-
-def load_eval_clips(config, data_root: str):
-  """-> (latents [n, ...] float32, videos [n, T, H, W, 3] uint8) from the eval split of
-  `eval_data_dir(config, data_root)`; an error naming the manifest and split if it is absent."""
-  root = eval_data_dir(config, data_root)
-  records = pipeline.load_split(root, config.data.eval_split, fields=("latents", "video"))
-  records = records[: int(config.eval.num_clips)]
-  if not records:
-    raise ValueError(f"eval split {config.data.eval_split!r} in {root} is empty")
-  if any("video" not in r for r in records):
-    raise ValueError(f"eval split {config.data.eval_split!r} records need the 'video' field")
-  lat = np.stack([np.asarray(r["latents"], np.float32) for r in records])
-  vid = np.stack([r["video"] for r in records])
-  return lat, vid
-
-
-def periodic_eval_clips(config, data_root: str, latent_shape: Sequence[int]):
-  """The clips of the periodic eval (`load_eval_clips`), or None (eval off, logged) when the
-  data has no eval split and config.eval asks for none (neither `required` nor `data_dir`).
-  `latent_shape`: [T, h, w, C] of the training data; the eval latents must match it."""
-  root, split = eval_data_dir(config, data_root), config.data.eval_split
-  manifest = os.path.join(root, writer.MANIFEST_NAME)
-  required = bool(config.eval.get("required", False)) or bool(config.eval.get("data_dir"))
-  if not required and split not in writer.read_manifest(root)["splits"]:
-    metrics_lib.log("Periodic eval is off: %s has no split %r (config.data.eval_split) and "
-                    "config.eval.data_dir is not set; to evaluate during training, prep "
-                    "held-out videos with --config.split=eval (or --config.eval_videos=N) and "
-                    "set config.eval.data_dir", manifest, split)
-    return None
-  try:
-    clips = load_eval_clips(config, data_root)
-  except (FileNotFoundError, ValueError) as e:
-    raise ValueError(f"periodic eval (config.eval.required={config.eval.get('required')}, "
-                     f"config.eval.data_dir={config.eval.get('data_dir')!r}) needs split "
-                     f"{split!r} of {manifest}: {e}") from None
-  if list(clips[0].shape[1:]) != list(latent_shape):
-    raise ValueError(f"{manifest} (split {split!r}): eval latents {list(clips[0].shape[1:])} "
-                     f"differ from the training latents {list(latent_shape)}")
-  return clips
-
-
-def make_evaluator(config, trainer: Trainer) -> BudgetEvaluator:
-  return BudgetEvaluator(trainer.model, trainer.codec, steps=int(config.eval.steps),
-                         mesh=trainer.mesh, rules=trainer.rules,
-                         guidance_scale=float(config.eval.guidance_scale),
-                         seed=int(config.eval.seed),
-                         metrics=tuple(config.eval.get("metrics", ("psnr", "ssim"))))
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming), evaluating budgets periodically; returns the last train metrics."""
   trainer = Trainer(config, workdir)
   try:
-    clips = periodic_eval_clips(config, trainer.data_root, trainer.spec)
-    evaluator = None if clips is None else make_evaluator(config, trainer)
-    return trainer.run(evaluator, clips)
+    return trainer.run(trainer.task.eval_hook(trainer))
   finally:
     trainer.close()
 

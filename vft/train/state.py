@@ -1,7 +1,7 @@
 """The train state pytree and its sharded creation."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -22,7 +22,13 @@ class TrainState(flax.struct.PyTreeNode):
 
 def create_state(model: VideoFlexTok, tx: optax.GradientTransformation, key: jax.Array,
                  latent_shape, use_ema: bool, boxed: bool = False) -> TrainState:
-  params = init_params(model, key, latent_shape)
+  return create_state_from(lambda k: init_params(model, k, latent_shape), tx, key, use_ema, boxed)
+
+
+def create_state_from(init_fn: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                      key: jax.Array, use_ema: bool, boxed: bool = False) -> TrainState:
+  """The state of a task whose `init_fn(key)` returns its boxed params."""
+  params = init_fn(key)
   if not boxed:
     params = nn.unbox(params)
   return TrainState(
@@ -33,8 +39,14 @@ def create_state(model: VideoFlexTok, tx: optax.GradientTransformation, key: jax
 def abstract_state(model, tx, latent_shape, use_ema, mesh, rules):
   """The (unboxed) TrainState as jax.ShapeDtypeStructs carrying the NamedShardings derived from
   the params' logical annotations; nothing is allocated."""
+  return abstract_state_from(lambda k: init_params(model, k, latent_shape), tx, use_ema, mesh,
+                             rules)
+
+
+def abstract_state_from(init_fn, tx, use_ema, mesh, rules):
+  """`abstract_state` of a task whose `init_fn(key)` returns its boxed params."""
   boxed = jax.eval_shape(
-      lambda k: create_state(model, tx, k, latent_shape, use_ema, boxed=True), jax.random.key(0))
+      lambda k: create_state_from(init_fn, tx, k, use_ema, boxed=True), jax.random.key(0))
   shapes = nn.unbox(boxed)
   shard = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules, shapes=shapes)
   return jax.tree_util.tree_map(
@@ -49,6 +61,13 @@ def state_sharding(model, tx, latent_shape, use_ema, mesh, rules):
 
 def init_state(model, tx, key, latent_shape, use_ema, mesh, rules):
   """Creates the state directly in its sharded layout (no host round trip)."""
-  shard = state_sharding(model, tx, latent_shape, use_ema, mesh, rules)
-  init = jax.jit(lambda k: create_state(model, tx, k, latent_shape, use_ema), out_shardings=shard)
+  return init_state_from(lambda k: init_params(model, k, latent_shape), tx, key, use_ema, mesh,
+                         rules)
+
+
+def init_state_from(init_fn, tx, key, use_ema, mesh, rules):
+  """`init_state` of a task whose `init_fn(key)` returns its boxed params. -> (state, shardings)"""
+  shard = jax.tree_util.tree_map(lambda a: a.sharding,
+                                 abstract_state_from(init_fn, tx, use_ema, mesh, rules))
+  init = jax.jit(lambda k: create_state_from(init_fn, tx, k, use_ema), out_shardings=shard)
   return init(key), shard

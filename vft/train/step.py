@@ -97,14 +97,18 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
   return loss_fn
 
 
-def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg) -> Callable:
+def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg,
+                    loss_fn: Callable | None = None) -> Callable:
   """train_step(state, batch) -> (state, metrics). Randomness: fold_in(key(seed), step).
+
+  `loss_fn(params, batch, key) -> (loss, aux)`: the task's loss (vft.train.tasks; default: the
+  tokenizer's `make_loss_fn(model, cfg)`).
 
   With `config.train.trainable_params`, gradients are taken w.r.t. the trainable subtree only
   (frozen parameters enter the loss as constants and leave the step bit-identical); `tx` must
   then be the matching `make_optimizer(cfg)` (state for the trainable subtree only).
   """
-  loss_fn = make_loss_fn(model, cfg)
+  loss_fn = make_loss_fn(model, cfg) if loss_fn is None else loss_fn
   ema_decay = float(cfg.optim.get("ema_decay", 0.0))
   seed = int(cfg.seed)
   pred = partition.trainable_predicate(cfg)
@@ -138,12 +142,13 @@ def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg) 
 
 
 def jit_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg, mesh, rules,
-                   state_sharding, *, donate: bool = True) -> sharding.Jitted:
+                   state_sharding, *, donate: bool = True,
+                   loss_fn: Callable | None = None) -> sharding.Jitted:
   """The train step as every caller runs it (Trainer, `vft plan`, benchmarks, tests):
   `(state, batch) -> (state, metrics)` traced under the logical axis `rules` on `mesh`, the
   state in `state_sharding`, the batch sharded over the batch axes, metrics replicated."""
   return sharding.jit(
-      make_train_step(model, tx, cfg), mesh, rules,
+      make_train_step(model, tx, cfg, loss_fn), mesh, rules,
       in_shardings=(state_sharding, sharding.batch_sharding(mesh, rules)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,) if donate else ())
