@@ -14,6 +14,10 @@ Standalone jobs (no --workdir; flags defined in vft/data/cli.py and vft/eval/cli
   vft plan --config=configs/x.py --topology=v5p-256   (memory/compile plan; vft/plan_cli.py)
   vft tokenize-dataset --tokenizer=WORKDIR|model.safetensors --input=PREP_OUT --output=OUT
                  (token ids of a prep dataset for AR training; vft/data/tokenize_job.py)
+  vft generate --ar=AR_WORKDIR --tokenizer=TOK --classes=3,7 | --prompts=FILE --budget=K
+                 --num_samples=S --out=DIR   (mp4 per sample + grid; vft/ar/cli.py)
+  vft eval-gen --ar=AR_WORKDIR --tokenizer=TOK --budgets=1,2,4 --num_samples=S
+                 --real_stats=STATS.npz [--real_videos=SHARDS] --out=OUT   (gFVD, alignment)
 
 Inference (no --config; --model is an official .safetensors file or one of our workdirs):
   vft tokenize   --model=M --input=clip.mp4 --output=clip.npz [--fps=8 --size=256 --seed=0]
@@ -34,6 +38,7 @@ from ml_collections import config_flags
 from vft import files
 from vft.data import cli as data_cli
 from vft.eval import cli as eval_cli
+from vft.ar import cli as ar_cli
 from vft import plan_cli
 
 COMMANDS = ("prep", "train", "eval", "demo")
@@ -130,6 +135,10 @@ def main(argv):
     return data_cli.prep_main(_CONFIG.value, _INPUT.value, _OUTPUT.value)
   if len(argv) > 1 and argv[1] == "tokenize-dataset":
     return data_cli.tokenize_dataset_main(_INPUT.value, _OUTPUT.value)
+  if len(argv) > 1 and argv[1] == "generate":
+    return ar_cli.generate_main()
+  if len(argv) > 1 and argv[1] == "eval-gen":
+    return ar_cli.eval_gen_main()
   if len(argv) > 1 and argv[1] == "plan":
     return plan_cli.plan_main(_CONFIG.value)
   if len(argv) > 1 and argv[1] == "eval" and eval_cli.standalone_requested():

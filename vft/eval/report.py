@@ -323,7 +323,13 @@ def write_metrics_json(path: str | os.PathLike, *, budgets: Sequence[int],
       "steps": int(steps),
       **_jsonable(extra, decimals),
   }
-  text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+  write_json(path, record, decimals)
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any], decimals: int = 4) -> None:
+  """Writes `record` as strict JSON, atomically: floats rounded to `decimals`, non-finite ->
+  null (`_jsonable`)."""
+  text = json.dumps(_jsonable(record, decimals), indent=2, allow_nan=False) + "\n"
   with files.atomic_path(path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
