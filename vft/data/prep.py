@@ -4,9 +4,12 @@
 
 Splits written to `out_dir` (see vft.data.writer for the layout):
   train  `num_train_synthetic` synthetic clips + up to `real_clips_per_video` clips of each
-         `train_real` video, in a seeded random order. Fields: latents (bfloat16), video_id.
+         `train_real` video, in a seeded random order. Fields: latents (bfloat16), video_id,
+         label (int32; -1 for real clips), caption (str; "" for real clips).
   eval   up to `eval_clips_per_video` clips of each `eval_real` video + `num_eval_synthetic`
-         synthetic clips (seeds disjoint from train). Fields: latents, video (uint8), video_id.
+         synthetic clips (seeds disjoint from train). Fields: as train + video (uint8).
+Synthetic clips are vft.data.synthetic.make_class_video clips; each split's manifest meta has
+`label_names` (synthetic.LABEL_NAMES: label i is label_names[i]).
 
 Real clips: frames sampled at `fps` (raised for a video too short to give one clip), resized on
 the short side and centre-cropped to size x size; clip starts spread evenly over the video
@@ -28,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vft import files
-from vft.data.synthetic import make_video
+from vft.data.synthetic import LABEL_NAMES, make_class_video
 from vft.data.video_io import probe_video, read_video
 from vft.data.writer import MANIFEST_NAME, ShardWriter, read_manifest
 
@@ -171,9 +174,15 @@ def prep_demo_dataset(
                 + [("synthetic", f"synthetic_eval/{j:06d}", base + _EVAL_SEED_OFFSET + j)
                    for j in range(num_eval_synthetic)])
 
+  synthetic = {}  # video_id -> (label, caption), filled as the clips are drawn
+
   def pixels_of(item) -> np.ndarray:
     kind, vid, video_seed = item
-    return make_video(video_seed, clip_len, size) if kind == "synthetic" else real[vid]
+    if kind != "synthetic":
+      return real[vid]
+    px, label, caption = make_class_video(video_seed, clip_len, size)
+    synthetic[vid] = (label, caption)
+    return px
 
   # Not wrapped in an outer jit: a learned codec (VidTok) jits itself with its params as
   # arguments; sampled posteriors draw from fold_in(key(seed), batch index).
@@ -185,11 +194,12 @@ def prep_demo_dataset(
   with tqdm(total=len(train_items) + len(eval_items), desc="prep demo dataset",
             disable=not progress, unit="clip") as pbar:
     for split, items, keep_pixels in (("train", train_items, False), ("eval", eval_items, True)):
-      meta = dict(common, real_clips=clip_ids[split],
+      meta = dict(common, real_clips=clip_ids[split], label_names=list(LABEL_NAMES),
                   num_synthetic=sum(kind == "synthetic" for kind, _, _ in items))
       with ShardWriter(out_dir, split, records_per_shard, meta=meta) as writer:
         for (_, vid, _), px, lat in _encode_batches(encode, items, pixels_of, batch_size, pbar):
-          example = {"latents": lat, "video_id": vid}
+          label, caption = synthetic.pop(vid, (-1, ""))
+          example = {"latents": lat, "video_id": vid, "label": np.int32(label), "caption": caption}
           if keep_pixels:
             example["video"] = px
           writer.write(example)

@@ -148,3 +148,53 @@ def make_video(seed: int, num_frames: int = 17, size: int = 64) -> np.ndarray:
 def make_videos(seeds: Iterable[int], num_frames: int = 17, size: int = 64) -> np.ndarray:
   """Stacked make_video clips: uint8 [len(seeds), num_frames, size, size, 3]."""
   return np.stack([make_video(int(s), num_frames, size) for s in seeds])
+
+
+# Class-labelled clips (the demo's data): one large solid shape of a named colour moving in one of
+# a few ways over a smooth two-colour gradient. label = shape index * len(MOTIONS) + motion index.
+CLASS_SHAPES = ("disc", "square", "triangle", "ring")
+MOTIONS = ("horizontal", "vertical", "diagonal")
+LABEL_NAMES = tuple(f"{s} {m}" for s in CLASS_SHAPES for m in MOTIONS)
+_PALETTE = {
+    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "blue": (0.15, 0.25, 0.9),
+    "yellow": (0.95, 0.9, 0.1), "cyan": (0.1, 0.85, 0.9), "magenta": (0.9, 0.15, 0.8),
+    "orange": (1.0, 0.55, 0.05), "purple": (0.5, 0.15, 0.7), "white": (0.95, 0.95, 0.95),
+    "black": (0.05, 0.05, 0.05),
+}
+_MOTION_TEXT = {"horizontal": "left and right", "vertical": "up and down",
+                "diagonal": "diagonally"}
+
+
+def make_class_video(seed: int, num_frames: int = 17,
+                     size: int = 64) -> tuple[np.ndarray, int, str]:
+  """A deterministic labelled clip: (uint8 [num_frames, size, size, 3], label in
+  [0, len(LABEL_NAMES)), caption such as "a red disc moving left and right on a blue-to-white
+  background"). Same seed, same clip."""
+  if num_frames < 1 or size < 8:
+    raise ValueError(f"make_class_video: need num_frames >= 1 and size >= 8, got {num_frames}, "
+                     f"{size}")
+  rng = np.random.default_rng(seed)
+  label = int(rng.integers(len(LABEL_NAMES)))
+  shape, motion = CLASS_SHAPES[label // len(MOTIONS)], MOTIONS[label % len(MOTIONS)]
+  names = list(_PALETTE)
+  fg, bg0, bg1 = (names[i] for i in rng.choice(len(names), 3, replace=False))
+  colour = lambda n: np.asarray(_PALETTE[n], np.float32)  # noqa: E731
+  t = np.arange(num_frames, dtype=np.float32)
+  grid = np.arange(size, dtype=np.float32) + 0.5
+  y, x = np.meshgrid(grid, grid, indexing="ij")
+  a = rng.uniform(0, 2 * np.pi)
+  ramp = np.clip(((x - size / 2) * math.cos(a) + (y - size / 2) * math.sin(a)) / size + 0.5, 0, 1)
+  img = np.broadcast_to(_mix(colour(bg0), colour(bg1), ramp)[None],
+                        (num_frames, size, size, 3))
+  r = rng.uniform(0.2, 0.3) * size
+  speed = rng.uniform(1.5, 3.0) * size / 64 * rng.choice([-1.0, 1.0])
+  vx, vy = {"horizontal": (speed, 0.0), "vertical": (0.0, speed),
+            "diagonal": (speed * 0.7, speed * 0.7 * rng.choice([-1.0, 1.0]))}[motion]
+  cx = _bounce(rng.uniform(r, size - r), vx, r, size - r, t)[:, None, None]
+  cy = _bounce(rng.uniform(r, size - r), vy, r, size - r, t)[:, None, None]
+  sdf_shape = "rect" if shape == "square" else shape
+  alpha = np.clip(0.5 - _object_sdf(sdf_shape, x[None] - cx, y[None] - cy, r, 1.0), 0.0, 1.0)
+  img = img * (1.0 - alpha[..., None]) + colour(fg) * alpha[..., None]
+  article = "an" if fg[0] in "aeiou" else "a"
+  caption = f"{article} {fg} {shape} moving {_MOTION_TEXT[motion]} on a {bg0}-to-{bg1} background"
+  return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), label, caption
