@@ -140,3 +140,46 @@ def test_output_is_an_ar_training_dataset(tokenized):
   cfg.model.num_classes = 12
   with pytest.raises(ValueError, match="label_names has 3 classes"):
     ar_task.check_token_dataset(cfg, str(root / "out"))
+
+
+def test_cli_subprocess(tmp_path):
+  """`python -m vft.main tokenize-dataset` with a tokenizer workdir (config.json + checkpoint):
+  the ids equal those of the same tokenizer loaded in-process."""
+  import subprocess
+  import sys
+  import jax
+  from tests.helpers import tiny_config
+  from vft import checkpoint as ckpt_lib
+  from vft.train import optimizer as optim_lib
+  from vft.train import state as state_lib
+  from vft.train.loop import build_model
+  from tests.tiny_inference import random_like
+  wd = tmp_path / "tokenizer"
+  config = tiny_config(wd / "data")
+  spec = CODEC.latent_shape(17, 16, 16)
+  model, tx = build_model(config, spec), optim_lib.make_optimizer(config)
+  shapes = jax.eval_shape(lambda k: state_lib.create_state(model, tx, k, (1, *spec), False),
+                          jax.random.key(0))
+  params = random_like(shapes.params, seed=3)
+  state = state_lib.TrainState(step=jnp.asarray(1, jnp.int32), params=params,
+                               opt_state=tx.init(params), ema_params=None)
+  wd.mkdir()
+  (wd / "config.json").write_text(config.to_json_best_effort(indent=2))
+  ckpt = ckpt_lib.Checkpointer(str(wd / "checkpoints"), use_async=False)
+  ckpt.save(1, state)
+  ckpt.close()
+  src, lat = write_input(tmp_path / "in")
+  out = tmp_path / "out"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  res = subprocess.run([sys.executable, "-m", "vft.main", "tokenize-dataset",
+                        f"--tokenizer={wd}", f"--input={src}", f"--output={out}",
+                        "--batch_size=4"], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  summary = json.loads(res.stdout.strip().splitlines()[0])
+  assert summary["num_records"] == NUM and summary["num_skipped"] == 0
+  tok = VideoTokenizer.load(str(wd))
+  records = pipeline.load_split(out, "train", fields=("tokens",))
+  np.testing.assert_array_equal(np.stack([r["tokens"] for r in records]),
+                                np.asarray(tok.runner.model_encode(tok.params, lat)))
