@@ -14,6 +14,7 @@ fold, so a resumed run replays them exactly.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -132,6 +133,13 @@ class ARTask:
     return self.model.init({"params": key, "dropout": key}, self.sequence(batch["tokens"]),
                            **self.conditions(batch, None), deterministic=True)["params"]
 
+  def null_rows(self, key, batch: int) -> jax.Array | None:
+    """[B] bool: the rows whose condition is dropped (classifier-free guidance), each with
+    probability config.train.cfg_dropout; None when it is 0. `key`: the loss key's first split."""
+    if self.cond_dropout <= 0:
+      return None
+    return jax.random.bernoulli(key, self.cond_dropout, (batch,))
+
   def make_loss_fn(self, train: bool) -> Callable:
     """loss(params, batch, key) -> (mean next-token cross-entropy, {accuracy}). batch: tokens
     [B, T', N] (+ label [B], text_emb [B, Lt, Dt], text_len [B]). `train`: condition dropout
@@ -140,9 +148,7 @@ class ARTask:
     def loss_fn(params, batch, key):
       seq = self.sequence(batch["tokens"])
       k_null, k_drop = jax.random.split(key)
-      null = None
-      if train and self.cond_dropout > 0:
-        null = jax.random.bernoulli(k_null, self.cond_dropout, (seq.shape[0],))
+      null = self.null_rows(k_null, seq.shape[0]) if train else None
       logits = self.model.apply({"params": params}, seq, **self.conditions(batch, null),
                                 deterministic=not train, rngs={"dropout": k_drop})
       logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
@@ -190,3 +196,58 @@ class ARTask:
       metrics_lib.log("eval at step %d: loss %.4f, accuracy %.4f", step, res["loss"],
                       res["accuracy"])
     return hook
+
+
+def load_ar(workdir: str, step: int | None = None):
+  """An AR run's model and weights for generation: `<workdir>/config.json` (written by
+  `vft train`) + checkpoint `step` (None: the latest) of `<workdir>/checkpoints`, EMA params
+  when the run kept them, else params; only those are read (no optimizer state), onto the
+  first local device. -> (ARTransformer, params, config, info) with info {"step", "ema",
+  "order", "budget", "data_dir", "tokens_shape" [T', N], "vocab_size", "label_names",
+  "tokenizer"}; the last four from the token dataset's manifest.json when it is readable,
+  else None."""
+  import flax.linen as nn
+  import ml_collections
+  from vft import checkpoint as ckpt_lib
+  from vft import files
+  from vft.models.ar import ARConfig, ARTransformer
+  workdir = os.fspath(workdir)
+  cfg_path = files.absolute(workdir) / "config.json"
+  if not cfg_path.is_file():
+    raise FileNotFoundError(f"{cfg_path} not found: not a vft workdir (expected config.json and "
+                            "checkpoints/ from `vft train` with config.task='ar')")
+  config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+  if str(config.get("task", "tokenizer")) != "ar":
+    raise ValueError(f"{cfg_path}: task={config.get('task', 'tokenizer')!r}, not an AR run "
+                     "(config.task='ar'); load a tokenizer workdir with vft.VideoTokenizer.load")
+  model = ARTransformer(ARConfig.from_config(config.model))
+  m = config.model
+  cond = {}
+  if int(m.num_classes):
+    cond["label"] = jnp.zeros((1,), jnp.int32)
+  if int(m.text_dim):
+    cond["text"] = jnp.zeros((1, 1, int(m.text_dim)), jnp.float32)
+    cond["text_mask"] = jnp.ones((1, 1), bool)
+  shapes = jax.eval_shape(lambda k: nn.unbox(model.init(
+      {"params": k}, jnp.zeros((1, 1), jnp.int32), **cond, deterministic=True)["params"]),
+      jax.random.key(0))
+  directory = os.path.join(workdir, "checkpoints")
+  step, saved = ckpt_lib.state_metadata(directory, step)
+  ema = saved.get("ema_params") is not None
+  name = "ema_params" if ema else "params"
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {name: jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)}
+  params = ckpt_lib.restore_state_subtree(directory, step, target)[name]
+  data_root = config.data.get("dir") or os.path.join(workdir, "data")
+  info = {"step": step, "ema": ema, "order": str(config.train.get("order", "time_first")),
+          "budget": int(config.train.get("budget", 0)), "data_dir": data_root,
+          "tokens_shape": None, "vocab_size": None, "label_names": None, "tokenizer": None}
+  try:
+    manifest = writer.read_manifest(data_root, check_files=False)
+  except (FileNotFoundError, ValueError):
+    manifest = None
+  if manifest is not None:
+    info.update({k: manifest.get(k) for k in ("tokens_shape", "vocab_size", "label_names",
+                                              "tokenizer")})
+  return model, params, config, info
