@@ -23,13 +23,7 @@ def get_config(arg: str | None = None):
   if arg not in ("demo", "tiny"):
     raise ValueError(f"configs/ar_c2v.py: unknown variant {arg!r}; expected one of "
                      f"{sorted(SIZES) + ['demo', 'tiny']}")
-  c = config_lib.ar_config(depth=4, lr=1e-3, batch_size=16, train_tokens=1, dropout=0.1,
-                           num_classes=12, tokens_per_sample=5 * 16)
-  c.model.update(dict(width=128, num_heads=4, max_len=5 * 16, dtype="float32", scan=False,
-                      remat=False))
-  c.total_steps, c.optim.warmup_steps = 1000, 25
-  c.checkpoint.every_steps, c.log_every_steps = 200, 20
-  c.eval.update(dict(every_steps=500, num_clips=8))
+  c = config_lib.ar_demo_config()
   if arg == "tiny":
     c.data.global_batch_size = 8
     c.model.update(dict(depth=2, width=32, num_heads=2, max_len=5 * 4))

@@ -57,6 +57,13 @@ def get_config(arg: str | None = None):
   c.checkpoint.every_steps = 100
   c.log_every_steps = 20
   c.eval.update(dict(every_steps=200, num_clips=8, steps=10))
+  # The second half (vft/ar/demo.py): the demo's tokens -> a class-to-video AR model
+  # (config_lib.ar_demo_config) -> clips per class at budgets 1..N, gFVD and class alignment.
+  c.ar = config_lib.ar_demo_config(tokens_per_frame=c.model.num_registers)
+  c.ar.total_steps = 600
+  c.gen = config_lib.ml_collections.ConfigDict(dict(
+      enabled=True, num_samples=24, cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0,
+      batch_size=12, classifier_steps=300))
   if arg == "smoke":  # seconds-long variant for tests / CI
     c.total_steps = 4
     c.data.global_batch_size = 8
@@ -66,4 +73,9 @@ def get_config(arg: str | None = None):
     c.checkpoint.every_steps = 2
     c.log_every_steps = 1
     c.eval.update(dict(every_steps=4, num_clips=2, steps=2))
+    c.ar = config_lib.ar_demo_config(tokens_per_frame=4)
+    c.ar.model.update(dict(depth=1, width=32, num_heads=2))
+    c.ar.data.global_batch_size = 8
+    c.ar.total_steps, c.ar.checkpoint.every_steps = 4, 2
+    c.gen.update(dict(num_samples=4, batch_size=4, classifier_steps=4))
   return c

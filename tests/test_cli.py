@@ -25,6 +25,18 @@ def test_demo_smoke_end_to_end(tmp_path):
   for name in ("recon_budgets.mp4", "recon_budgets.gif", "budget_curve.png"):
     assert (wd / name).stat().st_size > 0
   assert any(p.name.startswith("events.out.tfevents") for p in wd.iterdir())
+  # The generation half: tokens -> AR -> clips per class and budget, gFVD and alignment.
+  g = json.loads((wd / "gen_metrics.json").read_text())
+  assert g["budgets"] == [1, 2, 4] and g["num_samples"] == 4
+  assert all(len(g[k]) == 3 for k in ("gfvd", "top1", "top5", "prob"))
+  assert all(v > 0 for v in g["gfvd"]) and all(0 <= v <= 1 for v in g["prob"])
+  assert g["grid_rows"] == ["disc horizontal", "disc vertical", "disc diagonal",
+                            "square horizontal"]
+  assert g["classifier_info"]["train_clips"] > 0 and "heldout_accuracy" in g["classifier_info"]
+  tokens = json.loads((wd / "tokens" / "manifest.json").read_text())
+  assert tokens["tokens_shape"] == [5, 4] and len(tokens["label_names"]) == 12
+  for name in ("generated.mp4", "generated.gif", "gen_curves.png", "ar/config.json"):
+    assert (wd / name).stat().st_size > 0
   # Longer run in the same workdir resumes from step 4 and reuses the dataset.
   r = _run("train", "--config=configs/demo.py:smoke", "--config.total_steps=6", workdir=wd)
   assert r.returncode == 0, r.stderr[-3000:]

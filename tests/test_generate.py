@@ -27,7 +27,7 @@ def generator():
   model = ar.ARTransformer(ar.ARConfig(vocab_size=vocab, depth=1, width=32, num_heads=2,
                                        max_len=FRAMES * REGISTERS, num_classes=3))
   params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                               label=jnp.zeros((1,), jnp.int32)))
+                               label=jnp.zeros((1,), jnp.int32)))["params"]
   return Generator(model, params, tok, num_frames=FRAMES, num_registers=REGISTERS)
 
 

@@ -24,14 +24,12 @@ def write_input(out, channels=192, corrupt=None):
   videos = synthetic.make_videos(range(NUM), 17, 16)
   lat = np.asarray(CODEC.encode(jnp.asarray(videos, jnp.float32) / 127.5 - 1.0))
   lat = lat[..., :channels].astype(jnp.bfloat16)
-  with ShardWriter(out, "train", records_per_shard=4) as w:
+  with ShardWriter(out, "train", records_per_shard=4, meta={"label_names": ["a", "b", "c"]}) as w:
     for i in range(NUM):
       w.write({"latents": lat[i], "label": np.int32(i % 3), "caption": f"clip {i}",
                "video_id": f"synthetic/{i}"})
   path = os.path.join(out, MANIFEST_NAME)
   manifest = json.load(open(path))
-  manifest["labels"] = ["a", "b", "c"]
-  json.dump(manifest, open(path, "w"))
   if corrupt is not None:
     shard, index = corrupt
     name = manifest["splits"]["train"]["shards"][shard]["file"]

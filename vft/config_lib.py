@@ -191,3 +191,17 @@ def ar_config(*, depth: int, lr: float, batch_size: int, train_tokens: float,
                       warmup_steps=max(1, int(round(warmup_fraction * c.total_steps)))))
   c.eval.update(dict(every_steps=5000, num_clips=64))
   return c
+
+
+def ar_demo_config(num_classes: int = 12, tokens_per_frame: int = 16,
+                   latent_frames: int = 5) -> ml_collections.ConfigDict:
+  """The CPU demo's class-to-video AR model (configs/ar_c2v.py:demo, and the second stage of
+  configs/demo.py): 4 layers of width 128 over the demo tokenizer's 5 x 16 tokens, 12 classes."""
+  c = ar_config(depth=4, lr=1e-3, batch_size=16, train_tokens=1, dropout=0.1,
+                num_classes=num_classes, tokens_per_sample=latent_frames * tokens_per_frame)
+  c.model.update(dict(width=128, num_heads=4, max_len=latent_frames * tokens_per_frame,
+                      dtype="float32", scan=False, remat=False))
+  c.total_steps, c.optim.warmup_steps = 1000, 25
+  c.checkpoint.every_steps, c.log_every_steps = 200, 20
+  c.eval.update(dict(every_steps=500, num_clips=8))
+  return c

@@ -4,7 +4,9 @@ Commands:
   prep   build the embedded demo dataset (VAE latents in ArrayRecord shards) if absent
   train  train the tokenizer (resumes from the latest checkpoint in the workdir)
   eval   reconstruct held-out clips at every token budget; write videos, plot, metrics.json
-  demo   prep -> train -> eval (the default of configs/demo.py)
+  demo   prep -> train -> eval (the default of configs/demo.py), then with config.gen.enabled
+         demo-gen
+  demo-gen  tokens -> class-to-video AR model -> generated clips, gFVD, alignment (vft/ar/demo.py)
 Without a command, `config.job` is run.
 
 Standalone jobs (no --workdir; flags defined in vft/data/cli.py and vft/eval/cli.py):
@@ -41,7 +43,7 @@ from vft.eval import cli as eval_cli
 from vft.ar import cli as ar_cli
 from vft import plan_cli
 
-COMMANDS = ("prep", "train", "eval", "demo")
+COMMANDS = ("prep", "train", "eval", "demo", "demo-gen")
 INFERENCE_COMMANDS = ("tokenize", "detokenize")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config).",
@@ -172,6 +174,13 @@ def main(argv):
     res = evaluate(config, workdir)
     if jax.process_index() == 0:
       print(json.dumps({k: v for k, v in res.items() if k != "paths"}, indent=1))
+      for name, path in res["paths"].items():
+        print(f"{name}: {path}")
+  if command == "demo-gen" or (command == "demo" and config.get("gen", {}).get("enabled")):
+    from vft.ar import demo as gen_demo
+    res = gen_demo.run(config, workdir)
+    if jax.process_index() == 0:
+      print(json.dumps({k: res[k] for k in ("budgets", "gfvd", "top1", "prob")}, indent=1))
       for name, path in res["paths"].items():
         print(f"{name}: {path}")
 

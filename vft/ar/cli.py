@@ -62,7 +62,10 @@ def load_generator(ar_workdir: str, tokenizer_path: str):
   from vft.train.ar_task import load_ar
   model, params, config, info = load_ar(ar_workdir)
   tok = VideoTokenizer.load(tokenizer_path)
-  t, n = info["tokens"]
+  if not info.get("tokens_shape"):
+    raise ValueError(f"{ar_workdir}: the token dataset manifest (tokens_shape) is unreadable "
+                     f"at {info.get('data_dir')}; generation needs its T' x N")
+  t, n = info["tokens_shape"]
   gen = Generator(model, params, tok, num_frames=t, num_registers=n,
                   order=str(config.train.get("order", "time_first")))
   return gen, info

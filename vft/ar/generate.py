@@ -43,7 +43,8 @@ class Generator:
   """An AR model over a tokenizer's ids, and that tokenizer's decoder.
 
   Args:
-    model, params: the AR transformer (`vft.models.ar.ARTransformer`) and its parameters.
+    model, params: the AR transformer (`vft.models.ar.ARTransformer`) and its parameters (the
+      "params" collection, as `vft.train.ar_task.load_ar` returns them).
     tokenizer: a `vft.api.VideoTokenizer` (its decoder renders the ids).
     num_frames: latent frames T' per clip of the token dataset the AR model was trained on.
     num_registers: tokens per latent frame N of the tokenizer (the largest budget).
@@ -83,7 +84,8 @@ class Generator:
                        "(config.model.num_classes = 0)")
     bad = labels[(labels < 0) | (labels >= self.num_classes)]
     if bad.size:
-      raise ValueError(f"class labels {sorted(set(bad.tolist()))} outside 0..{self.num_classes - 1}")
+      raise ValueError(f"class labels {sorted(set(bad.tolist()))} outside "
+                       f"0..{self.num_classes - 1}")
     return labels
 
   def sample_ids(self, budget: int, *, labels: Sequence[int] | None = None,
@@ -114,7 +116,7 @@ class Generator:
       sl = slice(start, min(start + bs, total))
       n = sl.stop - sl.start
       ids = sample_lib.sample(
-          self.model, self.params, batch=n, num_frames=self.num_frames, budget=budget,
+          self.model, {"params": self.params}, batch=n, num_frames=self.num_frames, budget=budget,
           max_budget=self.max_budget,
           label=None if labels is None else jnp.asarray(labels[sl]),
           text=None if text is None else jnp.asarray(text[sl], jnp.float32),

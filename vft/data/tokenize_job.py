@@ -40,7 +40,7 @@ from vft import files
 from vft.data import pipeline, prep_job
 from vft.data.records import CorruptRecordError, decode_record, encode_record
 from vft.data.writer import (MANIFEST_NAME, MANIFEST_VERSION, WRITER_OPTIONS, example_spec,
-                             read_manifest, shard_name)
+                             label_names, read_manifest, shard_name)
 
 CARRIED = ("video_id", "label", "caption", "text_emb", "text_len")
 POSTERIORS = ("sample", "mode")
@@ -225,7 +225,7 @@ class TokenizeJob(prep_job.PrepJob):
         "num_records": sum(e["num_records"] for e in splits.values()),
         "num_skipped": len(skipped), "skipped": skipped, "tokenizer": self.identity,
         "vocab_size": self.vocab_size,
-        "label_names": src.get("label_names", src.get("labels")),
+        "label_names": label_names(src),
         "tokens_shape": tokens, "token_dtype": self.token_dtype.name,
         "posterior": self.posterior, "seed": self.seed, "text": src.get("text"),
         "input": {"dir": str(self.input), "config_hash": src.get("config_hash"),

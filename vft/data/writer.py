@@ -247,3 +247,15 @@ def split_entry(manifest: dict[str, Any], split: str, data_dir: str | os.PathLik
     raise ValueError(f"split {split!r} not in {epath.Path(data_dir) / MANIFEST_NAME}; "
                      f"available splits: {sorted(splits)}")
   return splits[split]
+
+
+def label_names(manifest: dict[str, Any]) -> list[str] | None:
+  """The class names of a dataset: manifest["label_names"] (token datasets, `vft prep`), else
+  the first split meta that has them (the demo prep stores them per split); None if absent."""
+  if manifest.get("label_names"):
+    return list(manifest["label_names"])
+  for entry in manifest.get("splits", {}).values():
+    names = (entry.get("meta") or {}).get("label_names")
+    if names:
+      return list(names)
+  return None

@@ -9,7 +9,8 @@ keep_k = K, and score
   text_score        a pluggable video-text scorer (`module:factory` returning
                     fn(videos uint8 [S, T, H, W, 3], prompts) -> scores [S])
 Writes gen_metrics.json / .csv, gen_curves.png, generated.mp4 / .gif (rows = classes or
-prompts, columns = budgets) and TensorBoard scalars `gen/<metric>` (the budget as the step). Multi-host: process p
+prompts, columns = budgets) and TensorBoard scalars `gen/<metric>` (the budget as the step).
+Multi-host: process p
 generates samples [p S/P, (p+1) S/P) and the features are all-gathered; process 0 writes.
 """
 from __future__ import annotations
