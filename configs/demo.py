@@ -60,9 +60,9 @@ def get_config(arg: str | None = None):
   # The second half (vft/ar/demo.py): the demo's tokens -> a class-to-video AR model
   # (config_lib.ar_demo_config) -> clips per class at budgets 1..N, gFVD and class alignment.
   c.ar = config_lib.ar_demo_config(tokens_per_frame=c.model.num_registers)
-  c.ar.total_steps = 600
+  c.ar.total_steps = 400
   c.gen = config_lib.ml_collections.ConfigDict(dict(
-      enabled=True, num_samples=24, cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0,
+      enabled=True, num_samples=12, cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0,
       batch_size=12, classifier_steps=300))
   if arg == "smoke":  # seconds-long variant for tests / CI
     c.total_steps = 4
