@@ -16,7 +16,6 @@ accepted and rescaled); ids [T', N] or [B, T', N].
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -106,16 +105,12 @@ class VideoTokenizer:
                    posterior: str = "sample") -> "VideoTokenizer":
     """From one of our training runs: `<workdir>/config.json` + the latest orbax checkpoint
     (EMA params when the run kept them) + the codec the config names."""
-    import ml_collections
+    from vft import config_lib
     from vft.eval.job import restore_eval_params
     from vft.models.vae import make_codec
     from vft.train.loop import build_model
     workdir = os.fspath(workdir)
-    cfg_path = files.absolute(workdir) / "config.json"
-    if not cfg_path.is_file():
-      raise FileNotFoundError(f"{cfg_path} not found: not a vft workdir (expected config.json "
-                              "and checkpoints/ from `vft train`)")
-    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+    config = config_lib.read_workdir_config(workdir)
     codec = make_codec(config.codec)
     size = int(config.data.size)
     spec = codec.latent_shape(int(config.data.clip_len), size, size)

@@ -205,3 +205,15 @@ def ar_demo_config(num_classes: int = 12, tokens_per_frame: int = 16,
   c.checkpoint.every_steps, c.log_every_steps = 200, 20
   c.eval.update(dict(every_steps=500, num_clips=8))
   return c
+
+
+def read_workdir_config(workdir, what: str = "`vft train`") -> ml_collections.ConfigDict:
+  """The config a run wrote into `<workdir>/config.json`; FileNotFoundError naming the file when
+  it is absent (`what`: the command that would have written it, for the message)."""
+  import json
+  from vft import files
+  path = files.absolute(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: not a vft workdir (expected config.json and "
+                            f"checkpoints/ from {what})")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -86,7 +86,6 @@ def run(config, workdir: str) -> dict:
   ar_cfg.unlock()
   ar_cfg.data.dir = tokens
   ar_cfg.model.num_classes = len(names)
-  ar_cfg.model.max_len = int(ar_cfg.model.max_len)
   metrics_lib.log("generation demo 2/4: training the AR model (%d steps) -> %s",
                   ar_cfg.total_steps, root / "ar")
   files.absolute(root / "ar").mkdir(parents=True, exist_ok=True)

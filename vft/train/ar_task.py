@@ -14,7 +14,6 @@ fold, so a resumed run replays them exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -207,16 +206,13 @@ def load_ar(workdir: str, step: int | None = None):
   "tokenizer"}; the last four from the token dataset's manifest.json when it is readable,
   else None."""
   import flax.linen as nn
-  import ml_collections
   from vft import checkpoint as ckpt_lib
+  from vft import config_lib
   from vft import files
   from vft.models.ar import ARConfig, ARTransformer
   workdir = os.fspath(workdir)
   cfg_path = files.absolute(workdir) / "config.json"
-  if not cfg_path.is_file():
-    raise FileNotFoundError(f"{cfg_path} not found: not a vft workdir (expected config.json and "
-                            "checkpoints/ from `vft train` with config.task='ar')")
-  config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+  config = config_lib.read_workdir_config(workdir, "`vft train` with config.task='ar'")
   if str(config.get("task", "tokenizer")) != "ar":
     raise ValueError(f"{cfg_path}: task={config.get('task', 'tokenizer')!r}, not an AR run "
                      "(config.task='ar'); load a tokenizer workdir with vft.VideoTokenizer.load")
