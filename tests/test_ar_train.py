@@ -246,3 +246,54 @@ def test_errors_for_mismatched_token_dataset(data_dir, tmp_path):
     w.write({"latents": np.zeros((5, 4, 4, 8), jnp.bfloat16), "video_id": "x"})
   with pytest.raises(ValueError, match="no 'tokens' field.*tokenize-dataset"):
     loop.Trainer(ar_config(latents), str(tmp_path / "run"))
+
+
+def test_grad_accumulation_equals_full_batch(data_dir):
+  """train.grad_accum_steps=2 on a 2x2x2 mesh (microbatches of 4 rows, each still sharded over
+  the batch axes) gives the update of the full batch of 8 on one device: the AR loss is a mean
+  over equal-size microbatches and, without dropout, deterministic. Round-off only (fp32)."""
+  base = {"model.dropout": 0.0, "model.attn_dropout": 0.0, "train.cfg_dropout": 0.0}
+  records = None
+  results = []
+  for accum, mesh in ((1, sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
+                                             jax.devices()[:1])),
+                      (2, sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))):
+    cfg = ar_config(data_dir, **base, **{"train.grad_accum_steps": accum})
+    task, tx = ar_task.ARTask(cfg, data_dir), optim_lib.make_optimizer(cfg)
+    records = records or pipeline.load_split(data_dir, "train", fields=task.fields)[:8]
+    batch = {f: np.stack([r[f] for r in records]) for f in task.fields}
+    st, shard = state_lib.init_state_from(task.init_params, tx, jax.random.key(0), False, mesh,
+                                          sharding.DEFAULT_RULES)
+    step = jit_train_step(task.model, tx, cfg, mesh, sharding.DEFAULT_RULES, shard,
+                          loss_fn=task.loss_fn, donate=False)
+    st, m = step(st, jax.device_put(batch, sharding.batch_sharding(mesh)))
+    results.append((jax.device_get(st.params), float(m["loss"]), float(m["grad_norm"])))
+  (p1, l1, g1), (p2, l2, g2) = results
+  assert abs(l1 - l2) < 1e-5 * abs(l1) and abs(g1 - g2) < 1e-4 * g1, (l1, l2, g1, g2)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                         p1, p2)
+  # The microbatches differ (a loss over the first half alone is not the full-batch loss).
+  half = {f: np.stack([r[f] for r in records[:4]]) for f in task.fields}
+  st, _ = state_lib.init_state_from(task.init_params, tx, jax.random.key(0), False,
+                                    sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
+                                                       jax.devices()[:1]),
+                                    sharding.DEFAULT_RULES)
+  l_half, _ = jax.jit(task.loss_fn)(st.params, half, jax.random.key(0))
+  assert abs(float(l_half) - l1) > 1e-4, (float(l_half), l1)
+
+
+def test_grad_accumulation_must_divide_the_batch(data_dir):
+  cfg = ar_config(data_dir, **{"train.grad_accum_steps": 3})
+  task, tx = ar_task.ARTask(cfg, data_dir), optim_lib.make_optimizer(cfg)
+  records = pipeline.load_split(data_dir, "train", fields=task.fields)[:8]
+  batch = {f: np.stack([r[f] for r in records]) for f in task.fields}
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  st, shard = state_lib.init_state_from(task.init_params, tx, jax.random.key(0), False, mesh,
+                                        sharding.DEFAULT_RULES)
+  step = jit_train_step(task.model, tx, cfg, mesh, sharding.DEFAULT_RULES, shard,
+                        loss_fn=task.loss_fn, donate=False)
+  with pytest.raises(ValueError, match="grad_accum_steps=3 must divide the global batch"):
+    step(st, batch)
+  with pytest.raises(ValueError, match="grad_accum_steps: expected an int >= 1"):
+    jit_train_step(task.model, tx, ar_config(data_dir, **{"train.grad_accum_steps": 0}), mesh,
+                   sharding.DEFAULT_RULES, shard, loss_fn=task.loss_fn)

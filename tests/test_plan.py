@@ -75,6 +75,27 @@ def test_batch_that_does_not_divide_the_mesh_is_a_row_not_a_crash(tmp_path):
   assert not row["fits"] and "not divisible by 8 batch shards" in row["status"]
 
 
+def test_grad_accumulation_shrinks_the_temporaries(tmp_path):
+  """train.grad_accum_steps: the plan compiles the accumulating step; with 4 microbatches only
+  a quarter of the per-chip activations is live, so the compiler's temporaries drop (the
+  state and the batch do not), and the row shows the split."""
+  rows = []
+  for accum in (1, 4):
+    cfg = _cfg(tmp_path)
+    cfg.data.global_batch_size = 32
+    cfg.train.grad_accum_steps = accum
+    rows.append(plan_lib.plan_layout(cfg, _fake(2**40), plan_lib.Layout(8, 1, 1, "none"),
+                                     jax.devices()[:8]))
+  one, four = rows
+  assert four["temp"] < 0.6 * one["temp"], (one["temp"], four["temp"])
+  assert four["params"] == one["params"] and four["batch"] == one["batch"]
+  assert "| 4 (4x1) |" in plan_lib.format_row(four) and "| 4 |" in plan_lib.format_row(one)
+  cfg.train.grad_accum_steps = 3
+  row = plan_lib.plan_layout(cfg, _fake(2**40), plan_lib.Layout(8, 1, 1, "none"),
+                             jax.devices()[:8])
+  assert not row["fits"] and "8 batch shards x 3 microbatches" in row["status"]
+
+
 def test_topology_and_layout_parsing():
   t = plan_lib.parse_topology("v5p-256")
   assert t.num_chips == 128 and t.tpu["topology_name"] == "v5p:4x4x8"

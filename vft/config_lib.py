@@ -58,10 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       nested_dropout_mode="pow2", cfg_dropout=0.2, repa_weight=0.0,
       loss_space="v", t_logit_mean=0.0, t_logit_std=1.0,
-      fsq_bound_weight=0.0, fsq_bound=1.5))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
+      fsq_bound_weight=0.0, fsq_bound=1.5, grad_accum_steps=1))  # "v": MSE on the velocity (the release); "x": MSE on x0 = x_t - t v
   # fsq_bound_weight > 0 adds weight * mean(relu(|z + shift| - fsq_bound)^2) over the pre-FSQ
   # logits z (the tanh argument): without it Adam keeps pushing saturated logits outward (the
   # straight-through gradient always points past the outer level), and tanh' -> 0 there.
+  # grad_accum_steps A > 1: one optimizer update from the averaged gradients of A microbatches
+  # of global_batch_size / A rows each (vft.train.step.accumulated_value_and_grad).
   # Regex over parameter paths ("decoder/transformer/blocks_0/attn/wq/kernel"): only matching
   # parameters get gradients and optimizer state; the rest are frozen. "" trains everything.
   c.train.trainable_params = ""
@@ -185,7 +187,7 @@ def ar_config(*, depth: int, lr: float, batch_size: int, train_tokens: float,
   # order: "time_first" (paper C.3) | "depth_first"; budget: train on the first K tokens of
   # every latent frame (0 = all); trainable_params: as for the tokenizer ("" = all).
   c.train = ml_collections.ConfigDict(dict(
-      cfg_dropout=0.1, order="time_first", budget=0, trainable_params=""))
+      cfg_dropout=0.1, order="time_first", budget=0, trainable_params="", grad_accum_steps=1))
   c.total_steps = tokens_to_steps(train_tokens, batch_size, tokens_per_sample)
   c.optim.update(dict(lr=lr, init_lr=1e-6, end_lr_factor=0.0, weight_decay=0.05, grad_clip=1.0,
                       warmup_steps=max(1, int(round(warmup_fraction * c.total_steps)))))

@@ -37,7 +37,7 @@ from vft.models.transformer import REMAT_POLICIES
 from vft.train import optimizer as optim_lib
 from vft.train import partition
 from vft.train import state as state_lib
-from vft.train.step import jit_train_step
+from vft.train.step import grad_accum_steps, jit_train_step
 
 GiB = 1024**3
 
@@ -243,12 +243,14 @@ def plan_layout(cfg, topo: Topology, layout: Layout, devices, mfu: float = 0.4,
   c = with_layout(cfg, layout)
   gbs = int(c.data.global_batch_size)
   shards = layout.data * layout.fsdp
+  accum = grad_accum_steps(c)
   row = dict(config=name, topology=topo.name, chip=topo.chip.name,
              chips=topo.num_chips, layout=layout.label, remat=layout.remat, global_batch=gbs,
-             batch_per_chip=gbs / shards, hbm_gib=topo.chip.hbm_bytes / GiB, headroom=headroom)
-  if gbs % shards:
-    return dict(row, status=f"global batch {gbs} not divisible by {shards} batch shards",
-                fits=False)
+             batch_per_chip=gbs / shards, grad_accum=accum, hbm_gib=topo.chip.hbm_bytes / GiB,
+             headroom=headroom)
+  if gbs % (shards * accum):
+    return dict(row, status=f"global batch {gbs} not divisible by {shards} batch shards x "
+                f"{accum} microbatches", fits=False)
   t0 = time.perf_counter()
   lowered, state, batch = lower_train_step(c, devices)
   row.update(params=tree_bytes_per_device(state.params),
@@ -328,8 +330,11 @@ def format_row(row: dict) -> str:
   xla = f"{row['xla_flops'] / 1e12:.1f}" if "xla_flops" in row else "-"
   step = f"{row['step_s']:.2f} @{row['mfu']:.0%}" if "step_s" in row else "-"
   comp = f"{row['compile_s']:.0f}" if "compile_s" in row else "-"
+  per_chip = f"{row['batch_per_chip']:g}"
+  if row.get("grad_accum", 1) > 1:  # microbatches x rows per chip per microbatch
+    per_chip += f" ({row['grad_accum']}x{row['batch_per_chip'] / row['grad_accum']:g})"
   return (f"| {row['config']} | {row['topology']} ({row['chips']}) | {row['layout']} | "
-          f"{row['remat']} | {row['batch_per_chip']:g} | {_gib(row, 'params')} | "
+          f"{row['remat']} | {per_chip} | {_gib(row, 'params')} | "
           f"{_gib(row, 'opt_state')} | {_gib(row, 'ema')} | {_gib(row, 'batch')} | "
           f"{_gib(row, 'temp')} | {_gib(row, 'peak')} | {row['hbm_gib']:.0f} | {flops} | {xla} | "
           f"{step} | {comp} | {row['status']} |")

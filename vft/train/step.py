@@ -97,9 +97,62 @@ def make_loss_fn(model: VideoFlexTok, cfg) -> Callable:
   return loss_fn
 
 
+def grad_accum_steps(cfg) -> int:
+  """`config.train.grad_accum_steps` (1 = off), checked."""
+  a = cfg.train.get("grad_accum_steps", 1)
+  if not isinstance(a, int) or a < 1:
+    raise ValueError(f"config.train.grad_accum_steps: expected an int >= 1, got {a!r}")
+  return a
+
+
+def split_microbatches(batch: dict, accum: int) -> dict:
+  """Every leaf [B, ...] -> [accum, B / accum, ...]; microbatch i holds rows i, i + accum, ...
+
+  Interleaved rather than contiguous, so with the batch sharded over its leading axis every
+  microbatch keeps the same sharding (each device contributes B / (accum * shards) rows of its
+  own to every microbatch) and no rows move between devices."""
+  def split(x):
+    b = x.shape[0]
+    if b % accum:
+      raise ValueError(f"config.train.grad_accum_steps={accum} must divide the global batch "
+                       f"(config.data.global_batch_size), got a batch of {b}")
+    x = x.reshape(b // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+  return jax.tree_util.tree_map(split, batch)
+
+
+def accumulated_value_and_grad(loss_fn: Callable, params, batch: dict, key: jax.Array,
+                               accum: int):
+  """((loss, aux), grads) of `loss_fn(params, batch, key) -> (loss, aux)`, averaged over
+  `accum` microbatches (`split_microbatches`) under `lax.scan`, so only one microbatch's
+  activations are live at a time. Microbatch i draws its randomness from fold_in(key, i);
+  accum = 1 is the plain full-batch value_and_grad with `key` itself. With equal-size
+  microbatches and a per-element mean loss, the average equals the full-batch loss and
+  gradient (up to summation order), apart from the per-microbatch random draws."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum == 1:
+    return grad_fn(params, batch, key)
+  micro = split_microbatches(batch, accum)
+
+  def body(carry, xs):
+    i, mb = xs
+    out = grad_fn(params, mb, jax.random.fold_in(key, i))
+    return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(grad_fn, params, first, key)
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+  return jax.tree_util.tree_map(lambda x: x / accum, total)
+
+
 def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg,
                     loss_fn: Callable | None = None) -> Callable:
   """train_step(state, batch) -> (state, metrics). Randomness: fold_in(key(seed), step).
+
+  `config.train.grad_accum_steps` = A > 1 averages the gradients (and the loss / metrics) of A
+  microbatches of B / A rows (`accumulated_value_and_grad`) before one optimizer update: the
+  same update for a global batch that does not fit in memory at once.
 
   `loss_fn(params, batch, key) -> (loss, aux)`: the task's loss (vft.train.tasks; default: the
   tokenizer's `make_loss_fn(model, cfg)`).
@@ -112,6 +165,7 @@ def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg,
   ema_decay = float(cfg.optim.get("ema_decay", 0.0))
   seed = int(cfg.seed)
   pred = partition.trainable_predicate(cfg)
+  accum = grad_accum_steps(cfg)
 
   def train_step(state: TrainState, batch: dict):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -121,8 +175,8 @@ def make_train_step(model: VideoFlexTok, tx: optax.GradientTransformation, cfg,
     else:
       trainable, frozen = partition.split(state.params, pred)
       full = lambda p: partition.merge(p, frozen)  # noqa: E731
-    (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(full(p), batch, key), has_aux=True)(trainable)
+    (loss, aux), grads = accumulated_value_and_grad(
+        lambda p, b, k: loss_fn(full(p), b, k), trainable, batch, key, accum)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     params = full(trainable)
