@@ -36,8 +36,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "AR top-k filtering (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "AR nucleus filtering (1: off).")
 _CLASSIFIER = flags.DEFINE_string("classifier", "i3d", "eval-gen: class-alignment classifier: "
                                   "i3d (Kinetics-400), a classifier folder, or module:factory.")
-_TEXT_SCORER = flags.DEFINE_string("text_scorer", None, "eval-gen: module:factory of a "
-                                   "video-text scorer fn(videos, prompts) -> scores.")
+_TEXT_SCORER = flags.DEFINE_string("text_scorer", None, "eval-gen: clip:PATH (a local Hugging "
+                                   "Face CLIP folder: frame-averaged CLIPScore) or module:factory "
+                                   "of a video-text scorer fn(videos, prompts) -> scores.")
 _TEXT_ENCODER = flags.DEFINE_string("text_encoder", None, "T2V: local Hugging Face text encoder "
                                     "folder (the one the prep used).")
 _TEXT_KIND = flags.DEFINE_enum("text_kind", "t5", ["t5", "bert"], "T2V: text encoder kind.")
@@ -193,6 +194,7 @@ def run_eval_gen(*, ar: str, tokenizer: str, out: str, budgets: list[int], num_s
   """The eval-gen job as a function (the demo calls it): -> gen_metrics.json's record + paths."""
   from vft.eval import classify
   from vft.eval import gen as gen_lib
+  from vft.eval import text_align
   from vft.eval.fvd import FVD
   if not (ar and tokenizer and out):
     raise app.UsageError("vft eval-gen needs --ar, --tokenizer and --out")
@@ -210,7 +212,7 @@ def run_eval_gen(*, ar: str, tokenizer: str, out: str, budgets: list[int], num_s
     job.prompts = texts
     job.text, job.text_mask = _text(texts, info)
     if text_scorer:
-      job.text_scorer = gen_lib.load_text_scorer(text_scorer)
+      job.text_scorer = text_align.load_text_scorer(text_scorer)
   elif gen.num_classes > 0:
     job.targets = np.arange(num_samples) % gen.num_classes
     names = info.get("label_names") or [str(i) for i in range(gen.num_classes)]

@@ -6,7 +6,8 @@ keep_k = K, and score
   gfvd              I3D FVD against cached real-data statistics (same preprocessing, checked)
   top1/top5/prob    class alignment under a video classifier (vft.eval.classify), over the
                     classes the classifier and the dataset share by name
-  text_score        a pluggable video-text scorer (`module:factory` returning
+  text_score        a video-text scorer (vft.eval.text_align: `clip:PATH` frame-averaged
+                    CLIPScore from a local HF CLIP folder, or `module:factory` returning
                     fn(videos uint8 [S, T, H, W, 3], prompts) -> scores [S])
 Writes gen_metrics.json / .csv, gen_curves.png, generated.mp4 / .gif (rows = classes or
 prompts, columns = budgets) and TensorBoard scalars `gen/<metric>` (the budget as the step).
@@ -16,7 +17,6 @@ generates samples [p S/P, (p+1) S/P) and the features are all-gathered; process 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from typing import Any, Callable, Sequence
 
@@ -43,14 +43,6 @@ def video_stats(fvd, videos: np.ndarray) -> FeatureStats:
   """I3D statistics of uint8 videos [n, T, H, W, 3] of one size, all-gathered over processes."""
   feats = _gather(fvd.features(videos))
   return FeatureStats(feats.shape[1], fvd.meta).update(feats)
-
-
-def load_text_scorer(spec: str) -> Callable:
-  """`module:factory` -> the scorer it returns (fn(videos, prompts) -> scores [S])."""
-  if ":" not in spec:
-    raise ValueError(f"text scorer {spec!r}: expected 'module:factory'")
-  mod, fn = spec.split(":", 1)
-  return getattr(importlib.import_module(mod), fn)()
 
 
 @dataclasses.dataclass
