@@ -63,7 +63,7 @@ def get_config(arg: str | None = None):
   c.ar.total_steps = 400
   c.gen = config_lib.ml_collections.ConfigDict(dict(
       enabled=True, num_samples=12, cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0,
-      batch_size=12, classifier_steps=300))
+      batch_size=12, classifier_steps=600))
   if arg == "smoke":  # seconds-long variant for tests / CI
     c.total_steps = 4
     c.data.global_batch_size = 8
