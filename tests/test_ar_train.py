@@ -147,6 +147,7 @@ def test_load_ar_restores_ema_or_params(data_dir, tmp_path):
     ar_task.load_ar(str(tmp_path / "tok"))
 
 
+@pytest.mark.slow  # ~1.5 min; the default suite proves the sharded step in the grad-accumulation test
 def test_sharded_step_equals_single_device(data_dir):
   cfg = ar_config(data_dir, **{"model.dropout": 0.0, "model.attn_dropout": 0.0})
   task, tx = ar_task.ARTask(cfg, data_dir), optim_lib.make_optimizer(cfg)
@@ -250,7 +251,8 @@ def test_errors_for_mismatched_token_dataset(data_dir, tmp_path):
 
 def test_grad_accumulation_equals_full_batch(data_dir):
   """train.grad_accum_steps=2 on a 2x2x2 mesh (microbatches of 4 rows, each still sharded over
-  the batch axes) gives the update of the full batch of 8 on one device: the AR loss is a mean
+  the batch axes; FSDP / tensor-sharded state) gives the update of the full batch of 8 on one
+  device: the AR loss is a mean
   over equal-size microbatches and, without dropout, deterministic. Round-off only (fp32)."""
   base = {"model.dropout": 0.0, "model.attn_dropout": 0.0, "train.cfg_dropout": 0.0}
   records = None
@@ -268,6 +270,8 @@ def test_grad_accumulation_equals_full_batch(data_dir):
                           loss_fn=task.loss_fn, donate=False)
     st, m = step(st, jax.device_put(batch, sharding.batch_sharding(mesh)))
     results.append((jax.device_get(st.params), float(m["loss"]), float(m["grad_norm"])))
+  specs = [s.spec for s in jax.tree_util.tree_leaves(shard.params)]  # the 2x2x2 run's
+  assert any("fsdp" in str(s) for s in specs) and any("tensor" in str(s) for s in specs)
   (p1, l1, g1), (p2, l2, g2) = results
   assert abs(l1 - l2) < 1e-5 * abs(l1) and abs(g1 - g2) < 1e-4 * g1, (l1, l2, g1, g2)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),

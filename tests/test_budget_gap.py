@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
 
 from vft.models.vae import PatchCodec
 
@@ -41,6 +42,7 @@ def test_linear_fsq_ae_reports_each_step_and_budget():
   assert out[1] != out[3]  # the parameters moved between the two reports
 
 
+@pytest.mark.slow  # ~1-2 min: a transformer encoder trained through the probe
 def test_tokenizer_encoder_plugs_into_the_auto_encoder():
   from configs import demo
   c = demo.get_config("smoke")
