@@ -9,8 +9,15 @@ max sequence 1280) into a 1280-token sequence (5 latent frames x 256 tokens):
     the rate holds for the whole sequence). Its tokens are checked against the cache's.
 Compile time is excluded (one warm-up call each). Prints tokens/s and the ratio.
 
+`--train`: the AR train step instead (`configs/ar_c2v.py:demo` resized by --depth/--width/
+--batch, the one Trainer's `jit_train_step` with the AR task's loss on a random token dataset
+of 5 x 256 tokens), its model-FLOPs utilisation against f32 and bf16 matmul peaks measured in
+the same run. Model FLOPs per step: 3 x forward, forward = 2 x (blocks' 12 d^2 L + head d V)
+x tokens + 4 x L x S x d x tokens (attention scores and values, the causal half included).
+
   python benchmarks/ar_sample.py                          # depth 4, width 256, batch 1
   python benchmarks/ar_sample.py --depth=8 --width=512 --batch=4 --recompute_steps=8
+  python benchmarks/ar_sample.py --train --batch=4 [--dtype=bfloat16]
 """
 from __future__ import annotations
 
@@ -57,6 +64,69 @@ def timed(fn, *args, repeats: int = 1):
   return out, best
 
 
+def ar_model_flops(depth: int, width: int, vocab: int, seq: int, batch: int) -> float:
+  """Analytic FLOPs of one AR train step (module doc)."""
+  tokens = batch * seq
+  fwd = 2 * (12 * width**2 * depth + width * vocab) * tokens + 4 * depth * seq * width * tokens
+  return 3.0 * fwd
+
+
+def train_mfu(args) -> None:
+  """The `--train` mode (module doc)."""
+  import statistics
+  import tempfile
+  from benchmarks.train_step import matmul_peak
+  from configs import ar_c2v
+  from vft import sharding
+  from vft.data.writer import ShardWriter
+  from vft.train import ar_task
+  from vft.train import optimizer as optim_lib
+  from vft.train import state as state_lib
+  from vft.train.step import jit_train_step
+
+  cfg = ar_c2v.get_config("demo")
+  cfg.model.update(dict(depth=args.depth, width=args.width, num_heads=args.depth,
+                        dtype=args.dtype, dropout=0.0, attn_dropout=0.0, max_len=1280))
+  cfg.data.global_batch_size = args.batch
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as root:
+    with ShardWriter(root, "train") as w:
+      for i in range(args.batch):
+        w.write({"tokens": rng.integers(0, cfg.model.vocab_size, (FRAMES, PER_FRAME),
+                                        dtype=np.int32), "label": np.int32(i % 12)})
+    cfg.data.dir = root
+    task = ar_task.ARTask(cfg, root)
+    tx = optim_lib.make_optimizer(cfg)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    st, shard = state_lib.init_state_from(task.init_params, tx, jax.random.key(0), False, mesh,
+                                          sharding.DEFAULT_RULES)
+    batch = {"tokens": jnp.asarray(rng.integers(0, cfg.model.vocab_size,
+                                                (args.batch, FRAMES, PER_FRAME)), jnp.int32),
+             "label": jnp.arange(args.batch, dtype=jnp.int32) % 12}
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    step = jit_train_step(task.model, tx, cfg, mesh, sharding.DEFAULT_RULES, shard,
+                          loss_fn=task.loss_fn)
+    st, m = step(st, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(args.steps):
+      t0 = time.perf_counter()
+      st, m = step(st, batch)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t0)
+  peak32, peak16 = matmul_peak(jnp.float32), matmul_peak(jnp.bfloat16)
+  t = statistics.median(times)
+  flops = ar_model_flops(args.depth, args.width, int(cfg.model.vocab_size), FRAMES * PER_FRAME,
+                         args.batch)
+  peak = peak16 if args.dtype == "bfloat16" else peak32
+  print(f"matmul peak: f32 {peak32 / 1e9:.0f} GFLOP/s, bf16->f32 {peak16 / 1e9:.0f} GFLOP/s")
+  print("| model | dtype | batch | step s (median) | model GFLOP/step | GFLOP/s | MFU |")
+  print("|---|---|---|---|---|---|---|")
+  print(f"| AR depth {args.depth} width {args.width} (vocab {cfg.model.vocab_size}, "
+        f"{FRAMES * PER_FRAME} tokens) | {args.dtype} | {args.batch} | {t:.3f} | "
+        f"{flops / 1e9:.1f} | {flops / t / 1e9:.0f} | {flops / t / peak:.0%} |")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--depth", type=int, default=4)
@@ -65,7 +135,12 @@ def main():
   p.add_argument("--recompute_steps", type=int, default=16)
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--train", action="store_true", help="time the AR train step (MFU) instead")
+  p.add_argument("--steps", type=int, default=3, help="--train: timed steps after a warm-up")
   args = p.parse_args()
+  if args.train:
+    train_mfu(args)
+    return
 
   cfg = ar.ARConfig(depth=args.depth, width=args.width, num_heads=args.depth, max_len=1280,
                     dtype=args.dtype, scan=True)
