@@ -188,35 +188,45 @@ def time_calls(fn: Callable[[], Any], reps: int) -> dict:
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def run_config(model_dir: str, impl: str, dtype: str, stages=STAGES, reps: int = 3,
-               log=print) -> dict:
-  """Loads the bench model with (impl, dtype), checks and times `stages` -> a result dict
-  {impl, dtype, stages: {name: {errors..., compile_s, median_s, min_s, max_s}}, peak_rss_mb}.
-  A stage whose check fails is reported with its `error` and no time."""
-  io = read_bench_io(model_dir)
-  tok = VideoTokenizer.from_official(os.path.join(model_dir, "model.safetensors"), dtype=dtype,
-                                     attention_impl=impl, frame_size=io["video"].shape[2:4])
-  all_stages = build_stages(tok, io)
-  out = {"impl": impl, "dtype": dtype, "stages": {}}
-  for name in stages:
-    st = all_stages[name]
+def run_stages(stages: dict[str, Stage], names, dtype: str, reps: int = 3, log=print,
+               tag: str = "") -> dict:
+  """Checks, then times each stage of `names` -> {name: {errors..., compile_s, median_s, min_s,
+  max_s}}. A stage whose check fails gets its `error` and no time."""
+  out = {}
+  for name in names:
+    st = stages[name]
     t0 = time.perf_counter()
     res = jax.block_until_ready(st.run())  # compile + the checked output
     row = {"compile_s": time.perf_counter() - t0}
+    out[name] = row
     try:
-      row.update(check(name, st.errors(res), dtype))
+      row.update(st.errors(res))
+      check(name, row, dtype)
     except CheckError as e:
       row["error"] = str(e)
-      log(f"  {impl}/{dtype} {name}: CHECK FAILED, not timed: {e}")
-      out["stages"][name] = row
+      log(f"  {tag}{name}: CHECK FAILED, not timed: {e}")
       continue
     row.update(time_calls(st.run, reps))
-    out["stages"][name] = row
     errs = ", ".join(f"{k} {v:.2e}" for k, v in row.items() if k.endswith(("err", "flips")))
-    log(f"  {impl}/{dtype} {name}: {row['median_s']:.3f} s (min {row['min_s']:.3f}, max "
-        f"{row['max_s']:.3f}); {errs}")
-  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log(f"  {tag}{name}: {row['median_s']:.3f} s (min {row['min_s']:.3f}, max "
+        f"{row['max_s']:.3f}; compile call {row['compile_s']:.2f} s); {errs}")
   return out
+
+
+def load(model_dir: str, impl: str, dtype: str) -> tuple[VideoTokenizer, dict]:
+  """The bench model through `VideoTokenizer.from_official` and its bench_io inputs/outputs."""
+  io = read_bench_io(model_dir)
+  tok = VideoTokenizer.from_official(os.path.join(model_dir, "model.safetensors"), dtype=dtype,
+                                     attention_impl=impl, frame_size=io["video"].shape[2:4])
+  return tok, io
+
+
+def run_config(model_dir: str, impl: str, dtype: str, stages=STAGES, reps: int = 3) -> dict:
+  """One (impl, dtype) configuration -> {impl, dtype, stages: run_stages(...), peak_rss_mb}."""
+  tok, io = load(model_dir, impl, dtype)
+  res = run_stages(build_stages(tok, io), stages, dtype, reps, tag=f"{impl}/{dtype} ")
+  return {"impl": impl, "dtype": dtype, "stages": res,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # ------------------------------------------------------------------ driver
