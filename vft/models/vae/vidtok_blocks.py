@@ -32,16 +32,15 @@ def layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
-def _frame_conv(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
-  """Per-frame VALID 2D convolution (time folded into the batch): x [B, T, H, W, I], kernel
-  [kh, kw, I, O] -> [B, T, H - kh + 1, W - kw + 1, O] float32 (bf16 operands accumulate in
-  float32)."""
+def _frame_conv(x: jax.Array, kernel: jax.Array, dtype: Dtype, pad_hw) -> jax.Array:
+  """Per-frame 2D convolution (time folded into the batch) with zero padding `pad_hw` (lo, hi)
+  on both H and W (inside the convolution: no padded copy): x [B, T, H, W, I], kernel
+  [kh, kw, I, O] -> [B, T, H', W', O] float32 (bf16 operands accumulate in float32)."""
   b, t, h, w, i = x.shape
-  kh, kw, _, o = kernel.shape
   y = jax.lax.conv_general_dilated(
-      x.reshape(b * t, h, w, i).astype(dtype), kernel.astype(dtype), (1, 1), "VALID",
+      x.reshape(b * t, h, w, i).astype(dtype), kernel.astype(dtype), (1, 1), (pad_hw, pad_hw),
       dimension_numbers=_DN2, preferred_element_type=jnp.float32)
-  return y.reshape(b, t, h - kh + 1, w - kw + 1, o)
+  return y.reshape((b, t) + y.shape[1:])
 
 
 def _shift(y: jax.Array, frames: int) -> jax.Array:
@@ -79,13 +78,12 @@ class CausalConv3d(nn.Module):
     time_pad = (kt - 1) + (1 - self.time_stride)
     space_pad = kh - 1
     pad_hw = (space_pad // 2, space_pad - space_pad // 2)
-    x = jnp.pad(x, ((0, 0), (0, 0), pad_hw, pad_hw, (0, 0)))
     b, t = x.shape[:2]
     i, o = kernel.shape[3:]
     if self.time_repeat == 2 and kt == 3 and self.time_stride == 1:
       k0, k1, k2 = kernel
       taps = jnp.stack([k0 + k1, k0, k2, k1 + k2], axis=3).reshape(kh, kw, i, 4 * o)
-      y = _frame_conv(x, taps, self.dtype)
+      y = _frame_conv(x, taps, self.dtype, pad_hw)
       y = y.reshape(y.shape[:4] + (4, o))
       prev = _shift(y[..., :2, :], 1)  # the taps that see x[s - 1]
       out = jnp.stack([prev[..., 0, :] + y[..., 2, :], prev[..., 1, :] + y[..., 3, :]], axis=2)
@@ -94,7 +92,7 @@ class CausalConv3d(nn.Module):
       raise ValueError(f"CausalConv3d.time_repeat={self.time_repeat}: only 2 with a 3-frame "
                        f"kernel and stride 1 is supported")
     taps = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, i, kt * o)
-    y = _frame_conv(x, taps, self.dtype)
+    y = _frame_conv(x, taps, self.dtype, pad_hw)
     y = jnp.pad(y.reshape(y.shape[:4] + (kt, o)), ((0, 0), (time_pad, 0)) + ((0, 0),) * 4)
     t_out = (t + time_pad - kt) // self.time_stride + 1
     span = self.time_stride * (t_out - 1) + 1
