@@ -33,14 +33,16 @@ def _scaled(params, path: tuple[str, ...], factor: float):
 def test_checked_stages_and_perturbations():
   tok, io = bench.load(TINY, "einsum", "float32")
   logs = []
-  res = bench.run_stages(bench.build_stages(tok, io), bench.STAGES, "float32", reps=1,
-                         log=logs.append)
-  for name in bench.STAGES:
+  # api_detokenize (detokenize + vae_decode, both checked here) is left to the benchmark: its
+  # first call compiles both again for the sampler's output sharding (~8 s).
+  names = [s for s in bench.STAGES if s != "api_detokenize"]
+  res = bench.run_stages(bench.build_stages(tok, io), names, "float32", reps=1, log=logs.append)
+  for name in names:
     row = res[name]
     assert "error" not in row, row
     assert row["median_s"] > 0 and row["min_s"] <= row["median_s"] <= row["max_s"], (name, row)
   assert res["tokenize"]["id_flips"] == 0 and res["api_tokenize"]["id_flips"] == 0
-  for name in ("vae_encode", "dec_forward", "detokenize", "vae_decode", "api_detokenize"):
+  for name in ("vae_encode", "dec_forward", "detokenize", "vae_decode"):
     assert res[name]["rel_err"] <= bench.TOL["float32"], (name, res[name])
 
   # A wrong posterior eps: vae_encode's latents (and the API's ids) no longer match.
