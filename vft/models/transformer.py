@@ -8,7 +8,11 @@ a sub-sequence e (patches 0, registers 1) and gets its own (gate_msa, gate_mlp, 
 scale_msa, shift_mlp, scale_mlp) from `Linear(SiLU(temb)) -> [E, 6, D]`.
 
 Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool (static, a
-`splash.StaticMask`, with attention_impl="splash").
+`splash.StaticMask`, with the attention impls of STATIC_MASK_IMPLS).
+
+Attention impls: "xla" / "cudnn" (`jax.nn.dot_product_attention`), "einsum" (dense einsum +
+softmax), "splash" (Pallas TPU kernel, `splash.py`), "blocked" (only the key blocks the mask
+allows, `block_attention.py`), "auto" (`resolve_impl`: the fastest measured one per platform).
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vft import sharding
-from vft.models import splash
+from vft.models import block_attention, splash
 
 Dtype = Any
-ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash")
+ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash", "blocked", "auto")
+STATIC_MASK_IMPLS = ("splash", "blocked", "auto")  # impls that need the mask at trace time
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -43,6 +49,24 @@ def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
 def mlp_hidden_dim(dim: int) -> int:
   """SwiGLU hidden width of the release: int(2 * int(4 * D) / 3) (3072 for 1152, 4778 for 1792)."""
   return int(2 * int(4 * dim) / 3)
+
+
+def resolve_impl(impl: str, dtype, head_dim: int, seq_len: int) -> str:
+  """attention_impl "auto" -> the fastest available one on the platform of the active mesh (or
+  the default backend outside a mesh): cuDNN on GPUs where its constraints hold (bf16/fp16,
+  head_dim <= 128 and a multiple of 8, even S; else xla), splash on TPUs, "blocked" on CPUs
+  (measured fastest there, docs/benchmarks.md). Other impls are returned unchanged."""
+  if impl != "auto":
+    return impl
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  platform = device.platform if device is not None else jax.default_backend()
+  if platform == "gpu":
+    ok = (jnp.dtype(dtype) in map(jnp.dtype, CUDNN_DTYPES) and head_dim <= 128
+          and head_dim % 8 == 0 and seq_len % 2 == 0)
+    return "cudnn" if ok else "xla"
+  if platform == "tpu":
+    return "splash"
+  return "blocked"
 
 
 class _LogicalParam(nn.LogicallyPartitioned):
@@ -72,7 +96,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [B, S, D], mask [S, S] bool -> [B, S, D]."""
+    """x [B, S, D], mask [S, S] bool (a `splash.StaticMask` for STATIC_MASK_IMPLS) -> [B, S, D]."""
     dim = x.shape[-1]
     proj = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, self.head_dim), use_bias=False,
@@ -83,16 +107,21 @@ class Attention(nn.Module):
     heads = ("batch", "length", "heads", "kv")
     q, k, v = (sharding.constrain(a, heads) for a in (q, k, v))
     scale = 8.0 / self.head_dim
-    if self.impl == "einsum":
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-      logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    elif self.impl in ("xla", "cudnn"):
-      out = jax.nn.dot_product_attention(
-          q, k, v, mask=mask[None, None], scale=scale, implementation=self.impl)
-    elif self.impl == "splash":
+    impl = resolve_impl(self.impl, q.dtype, self.head_dim, q.shape[1])
+    if impl == "splash":
       out = splash.attention(q, k, v, splash.static_mask(mask), scale)
+    elif impl == "blocked":
+      out = block_attention.attention(q, k, v, splash.static_mask(mask), scale)
+    elif impl in ("einsum", "xla", "cudnn"):
+      mask = jnp.asarray(mask.array if isinstance(mask, splash.StaticMask) else mask)
+      if impl == "einsum":
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+      else:
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask[None, None], scale=scale, implementation=impl)
     else:
       raise ValueError(f"attention impl {self.impl!r} unknown; expected one of {ATTENTION_IMPLS}")
     out = sharding.constrain(out, heads)
@@ -208,7 +237,8 @@ class Transformer(nn.Module):
     kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
               adaln_segments=self.adaln_segments, dtype=self.dtype,
               param_dtype=self.param_dtype, attention_impl=self.attention_impl)
-    mask = splash.static_mask(mask) if self.attention_impl == "splash" else jnp.asarray(mask)
+    static = self.attention_impl in STATIC_MASK_IMPLS
+    mask = splash.static_mask(mask) if static else jnp.asarray(mask)
     if self.scan:
       body = _ScanBody
       if self.remat:
