@@ -85,8 +85,8 @@ def plan(mask: np.ndarray, overhead: int = OVERHEAD) -> tuple[Group, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_plan(mask) -> tuple[Group, ...]:
-  return plan(mask.array)
+def _cached_plan(mask, overhead: int) -> tuple[Group, ...]:
+  return plan(mask.array, overhead)
 
 
 def work_fraction(groups: tuple[Group, ...], seq_len: int) -> float:
@@ -102,7 +102,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask, scale: float) -> j
                      f"length {q.shape[1]}")
   qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # heads-major [B, H, S, Dh]
   outs = []
-  for g in _cached_plan(mask):
+  for g in _cached_plan(mask, OVERHEAD):
     logits = jnp.einsum("bhqd,bhkd->bhqk", qt[:, :, g.q0:g.q1], kt[:, :, g.k0:g.k1],
                         preferred_element_type=jnp.float32) * scale
     if not g.dense:

@@ -29,6 +29,7 @@ from vft.models import block_attention, splash
 
 Dtype = Any
 ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash", "blocked", "auto")
+DENSE_MASK_IMPLS = ("xla", "einsum", "cudnn")  # impls that take any (traced, batched) mask
 STATIC_MASK_IMPLS = ("splash", "blocked", "auto")  # impls that need the mask at trace time
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 REMAT_POLICIES = {
@@ -51,15 +52,17 @@ def mlp_hidden_dim(dim: int) -> int:
   return int(2 * int(4 * dim) / 3)
 
 
-def resolve_impl(impl: str, dtype, head_dim: int, seq_len: int) -> str:
+def resolve_impl(impl: str, dtype, head_dim: int, seq_len: int,
+                 platform: str | None = None) -> str:
   """attention_impl "auto" -> the fastest available one on the platform of the active mesh (or
   the default backend outside a mesh): cuDNN on GPUs where its constraints hold (bf16/fp16,
   head_dim <= 128 and a multiple of 8, even S; else xla), splash on TPUs, "blocked" on CPUs
   (measured fastest there, docs/benchmarks.md). Other impls are returned unchanged."""
   if impl != "auto":
     return impl
-  device = jax.sharding.get_abstract_mesh().abstract_device
-  platform = device.platform if device is not None else jax.default_backend()
+  if platform is None:
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    platform = device.platform if device is not None else jax.default_backend()
   if platform == "gpu":
     ok = (jnp.dtype(dtype) in map(jnp.dtype, CUDNN_DTYPES) and head_dim <= 128
           and head_dim % 8 == 0 and seq_len % 2 == 0)
