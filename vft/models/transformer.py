@@ -84,6 +84,16 @@ class _LogicalParam(nn.LogicallyPartitioned):
     return sharding.constrain(self.value, self.names)
 
 
+def accumulating_dot(dtype):
+  """The `dot_general` for flax Dense layers computing in `dtype`: None (flax's) for float32;
+  for reduced precision, bf16 x bf16 products accumulated and returned in fp32
+  (`preferred_element_type`), which CPU matrix units, tensor cores and TPU MXUs run fast while
+  the rest of the layer (residual stream, norms, softmax, gates) stays fp32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return None
+  return functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+
+
 def dense_init(names: Sequence[str | None], init=nn.initializers.xavier_uniform()):
   """`init` with logical axis names (`nn.with_logical_partitioning`, usable in DenseGeneral)."""
   return lambda *args: _LogicalParam(init(*args), tuple(names))
@@ -101,12 +111,13 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """x [B, S, D], mask [S, S] bool (a `splash.StaticMask` for STATIC_MASK_IMPLS) -> [B, S, D]."""
     dim = x.shape[-1]
+    dot = accumulating_dot(self.dtype)
     proj = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, self.head_dim), use_bias=False,
-        dtype=self.dtype, param_dtype=self.param_dtype,
+        dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dot,
         kernel_init=dense_init(("embed", "heads", "kv")))
     q, k, v = proj(name="wq")(x), proj(name="wk")(x), proj(name="wv")(x)  # [B, S, H, Dh]
-    q, k = layer_norm(q), layer_norm(k)
+    q, k, v = (a.astype(self.dtype) for a in (layer_norm(q), layer_norm(k), v))
     heads = ("batch", "length", "heads", "kv")
     q, k, v = (sharding.constrain(a, heads) for a in (q, k, v))
     scale = 8.0 / self.head_dim
@@ -121,7 +132,7 @@ class Attention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
         logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
       else:
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask[None, None], scale=scale, implementation=impl)
@@ -130,7 +141,7 @@ class Attention(nn.Module):
     out = sharding.constrain(out, heads)
     return nn.DenseGeneral(
         dim, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
+        dot_general=dot, kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
 
 
 class SwiGLU(nn.Module):
@@ -142,7 +153,8 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+                              param_dtype=self.param_dtype,
+                              dot_general=accumulating_dot(self.dtype))
     h = nn.silu(dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc1")(x))
     h = h * dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc3")(x)
     h = sharding.constrain(h, ("batch", "length", "mlp"))
@@ -180,6 +192,7 @@ class Block(nn.Module):
       raise ValueError(f"adaLN block: sequence length {s} is not a multiple of the block {block}")
     mod = nn.DenseGeneral(
         (num_seg, 6, d), dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=accumulating_dot(self.dtype),
         kernel_init=dense_init(("embed", None, None, "mlp"), nn.initializers.zeros),
         bias_init=dense_init((None, None, "mlp"), nn.initializers.zeros),
         name="adaLN_modulation")(nn.silu(cond))  # [B, E, 6, D]
