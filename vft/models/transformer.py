@@ -57,7 +57,7 @@ def resolve_impl(impl: str, dtype, head_dim: int, seq_len: int,
   """attention_impl "auto" -> the fastest available one on the platform of the active mesh (or
   the default backend outside a mesh): cuDNN on GPUs where its constraints hold (bf16/fp16,
   head_dim <= 128 and a multiple of 8, even S; else xla), splash on TPUs, "blocked" on CPUs
-  (measured fastest there, docs/benchmarks.md). Other impls are returned unchanged."""
+  (measured fastest there: benchmarks/attention.py). Other impls are returned unchanged."""
   if impl != "auto":
     return impl
   if platform is None:
