@@ -158,7 +158,9 @@ class SwiGLU(nn.Module):
     h = nn.silu(dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc1")(x))
     h = h * dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc3")(x)
     h = sharding.constrain(h, ("batch", "length", "mlp"))
-    return dense(x.shape[-1], kernel_init=dense_init(("mlp", "embed")), name="fc2")(h)
+    # In x's dtype: fp32 (accumulated) under a fp32 residual stream, x's own otherwise (ar.py).
+    return dense(x.shape[-1], kernel_init=dense_init(("mlp", "embed")), name="fc2")(h).astype(
+        jnp.promote_types(x.dtype, self.dtype))
 
 
 class Block(nn.Module):
@@ -181,10 +183,11 @@ class Block(nn.Module):
     attn = Attention(self.num_heads, self.head_dim, self.dtype, self.param_dtype,
                      self.attention_impl, name="attn")
     mlp = SwiGLU(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")
+    dtype = x.dtype  # the residual stream keeps its dtype (fp32-accumulated branches add in)
     if self.adaln_segments is None:
       x = x + attn(layer_norm(x), mask)
       x = x + mlp(layer_norm(x))
-      return sharding.constrain(x, ("batch", "length", "embed"))
+      return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
     seg = np.asarray(self.adaln_segments, dtype=np.int32)
     num_seg, block = int(seg.max()) + 1, seg.size
@@ -210,7 +213,7 @@ class Block(nn.Module):
     x = x + (blocks(h) * gate_msa).reshape(b, s, d)
     h = mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
     x = x + (blocks(h) * gate_mlp).reshape(b, s, d)
-    return sharding.constrain(x, ("batch", "length", "embed"))
+    return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
 
 class _ScanBody(nn.Module):
