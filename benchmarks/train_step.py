@@ -8,6 +8,12 @@ XLA's cost analysis is printed beside them (it counts a scanned layer once, so i
 
   python benchmarks/train_step.py                 # demo + d12 (small batch)
   python benchmarks/train_step.py --configs=demo --steps=10
+  python benchmarks/train_step.py --configs=demo --impls=einsum,blocked   # side by side
+
+With `--impls`, each config runs once per attention impl in the same run. "masked MFU" counts
+attention FLOPs only for the mask's allowed entries (what a block-sparse kernel must do), the
+plain MFU counts them dense (`model_flops`), so blocked attention is not credited for work it
+skips.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from vft import sharding  # noqa: E402
+from vft.models import masks  # noqa: E402
 from vft.models.config import TokenizerConfig  # noqa: E402
 from vft.models.tokenizer import VideoFlexTok  # noqa: E402
 from vft.plan import latent_shape, model_flops  # noqa: E402
@@ -55,10 +62,27 @@ def load_config(name: str):
   return cfg
 
 
-def bench(name: str, steps: int, dtype: str | None) -> dict:
+def masked_flops(cfg, bs: int, spec) -> float:
+  """`model_flops` with the attention term scaled by each trunk's allowed-entry fraction."""
+  m = cfg.model
+  t = spec[0] // m.patch_size[0]
+  hw = (spec[1] // m.patch_size[1]) * (spec[2] // m.patch_size[2])
+  n = m.num_registers
+  dense = model_flops(cfg, bs, spec)
+  for width, depth, mode in ((m.enc_width, m.enc_depth, m.enc_mask),
+                             (m.dec_width, m.dec_depth, m.dec_mask)):
+    s = t * (hw + n)
+    kept = masks.make_mask(mode, t, hw, n).mean()
+    dense -= (1 - kept) * bs * 3 * depth * 4 * s * s * width
+  return dense
+
+
+def bench(name: str, steps: int, dtype: str | None, impl: str | None = None) -> dict:
   cfg = load_config(name)
   if dtype:
     cfg.model.dtype = dtype
+  if impl:
+    cfg.model.attention_impl = impl
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   model = VideoFlexTok(TokenizerConfig.from_config(cfg.model))
   tx = optim_lib.make_optimizer(cfg)
@@ -93,7 +117,8 @@ def bench(name: str, steps: int, dtype: str | None) -> dict:
   h = w = spec[1] // cfg.model.patch_size[1]
   tokens = bs * spec[0] * (h * w + cfg.model.num_registers) * 2  # encoder + decoder sequences
   mflops = model_flops(cfg, bs, spec)
-  return dict(config=name, dtype=cfg.model.dtype, batch=bs, params_m=n_params / 1e6,
+  return dict(config=name, dtype=cfg.model.dtype, impl=cfg.model.attention_impl, batch=bs,
+              params_m=n_params / 1e6, masked_gflops=masked_flops(cfg, bs, spec) / t_med / 1e9,
               step_s=t_med, step_s_min=min(times), tokens_per_s=tokens / t_med,
               xla_gflop=flops / 1e9, model_gflop=mflops / 1e9,
               achieved_gflops=mflops / t_med / 1e9)
@@ -104,6 +129,8 @@ def main():
   ap.add_argument("--configs", default="demo,d12")
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--dtype", default=None, help="override config.model.dtype")
+  ap.add_argument("--impls", default="", help="attention impls to run side by side (default: "
+                  "the config's)")
   args = ap.parse_args()
   dev = jax.devices()[0]
   print(f"# devices: {jax.device_count()} x {dev.platform} ({dev.device_kind}); jax {jax.__version__}")
@@ -111,17 +138,19 @@ def main():
   peak16 = matmul_peak(jnp.bfloat16)
   print(f"matmul peak (measured, 2048^3): f32 {peak32 / 1e9:.1f} GFLOP/s, "
         f"bf16->f32 {peak16 / 1e9:.1f} GFLOP/s")
-  print("| config | dtype | batch | params (M) | step (s, median) | tokens/s | model GFLOP/step | "
-        "XLA cost-analysis GFLOP | model GFLOP/s | MFU vs same-dtype peak |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("| config | dtype | attention | batch | params (M) | step (s, median) | tokens/s | "
+        "model GFLOP/step | XLA cost-analysis GFLOP | model GFLOP/s | MFU vs same-dtype peak | "
+        "masked MFU |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for name in args.configs.split(","):
-    r = bench(name, args.steps, args.dtype)
-    peak = peak16 if r["dtype"] == "bfloat16" else peak32
-    print(f"| {r['config']} | {r['dtype']} | {r['batch']} | {r['params_m']:.1f} | "
-          f"{r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['model_gflop']:.1f} | "
-          f"{r['xla_gflop']:.1f} | "
-          f"{r['achieved_gflops']:.1f} | {100 * r['achieved_gflops'] * 1e9 / peak:.1f}% |",
-          flush=True)
+    for impl in args.impls.split(",") if args.impls else [None]:
+      r = bench(name, args.steps, args.dtype, impl)
+      peak = peak16 if r["dtype"] == "bfloat16" else peak32
+      print(f"| {r['config']} | {r['dtype']} | {r['impl']} | {r['batch']} | "
+            f"{r['params_m']:.1f} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['model_gflop']:.1f} | {r['xla_gflop']:.1f} | {r['achieved_gflops']:.1f} | "
+            f"{100 * r['achieved_gflops'] * 1e9 / peak:.1f}% | "
+            f"{100 * r['masked_gflops'] * 1e9 / peak:.1f}% |", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   c.model.update(dict(
       latent_channels=48, patch_size=(1, 1, 1), num_registers=16, max_latent_frames=8,
       posemb_max=16, head_dim=32, enc_width=128, enc_depth=2, dec_width=128, dec_depth=3,
-      dtype="float32", attention_impl="einsum", scan=False, remat=False,
+      dtype="float32", attention_impl="auto", scan=False, remat=False,
       prediction="x"))  # predict x0 (see config.py): measured to learn faster here
   # A 10-minute CPU budget is ~600 steps, far from the paper's 100k+. Measured on the held-out
   # clips (10 Euler steps, budgets 1 -> 16 tokens):

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from vft import sharding
 from vft.models.config import DTYPES
-from vft.models.transformer import (ATTENTION_IMPLS, REMAT_POLICIES, SwiGLU, dense_init,
+from vft.models.transformer import (DENSE_MASK_IMPLS, REMAT_POLICIES, SwiGLU, dense_init,
                                     mlp_hidden_dim)
 
 CACHE_AXES = ("layers", "batch", "length", "heads", "kv")
@@ -92,8 +92,8 @@ class ARConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         bad(name, f"{getattr(self, name)!r} is not one of {sorted(DTYPES)}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      bad("attention_impl", f"{self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+    if self.attention_impl not in DENSE_MASK_IMPLS:
+      bad("attention_impl", f"{self.attention_impl!r} is not one of {DENSE_MASK_IMPLS}")
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"{self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
 

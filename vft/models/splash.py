@@ -56,11 +56,12 @@ def static_mask(mask) -> StaticMask:
   if isinstance(mask, StaticMask):
     return mask
   if isinstance(mask, jax.core.Tracer):
-    raise ValueError("attention_impl='splash' needs a static mask (built with numpy, e.g. "
+    raise ValueError("attention_impl='splash'/'blocked' needs a static mask (numpy, e.g. "
                      "vft.models.masks.make_mask); got a traced array")
   mask = np.asarray(mask)
   if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
-    raise ValueError(f"attention_impl='splash': mask must be [S, S], got shape {mask.shape}")
+    raise ValueError(f"attention_impl='splash'/'blocked': mask must be [S, S], got shape "
+                     f"{mask.shape}")
   return StaticMask(mask)
 
 

@@ -8,7 +8,11 @@ a sub-sequence e (patches 0, registers 1) and gets its own (gate_msa, gate_mlp, 
 scale_msa, shift_mlp, scale_mlp) from `Linear(SiLU(temb)) -> [E, 6, D]`.
 
 Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool (static, a
-`splash.StaticMask`, with attention_impl="splash").
+`splash.StaticMask`, with the attention impls of STATIC_MASK_IMPLS).
+
+Attention impls: "xla" / "cudnn" (`jax.nn.dot_product_attention`), "einsum" (dense einsum +
+softmax), "splash" (Pallas TPU kernel, `splash.py`), "blocked" (only the key blocks the mask
+allows, `block_attention.py`), "auto" (`resolve_impl`: the fastest measured one per platform).
 """
 from __future__ import annotations
 
@@ -21,10 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vft import sharding
-from vft.models import splash
+from vft.models import block_attention, splash
 
 Dtype = Any
-ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash")
+ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash", "blocked", "auto")
+DENSE_MASK_IMPLS = ("xla", "einsum", "cudnn")  # impls that take any (traced, batched) mask
+STATIC_MASK_IMPLS = ("splash", "blocked", "auto")  # impls that need the mask at trace time
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -45,6 +52,26 @@ def mlp_hidden_dim(dim: int) -> int:
   return int(2 * int(4 * dim) / 3)
 
 
+def resolve_impl(impl: str, dtype, head_dim: int, seq_len: int,
+                 platform: str | None = None) -> str:
+  """attention_impl "auto" -> the fastest available one on the platform of the active mesh (or
+  the default backend outside a mesh): cuDNN on GPUs where its constraints hold (bf16/fp16,
+  head_dim <= 128 and a multiple of 8, even S; else xla), splash on TPUs, "blocked" on CPUs
+  (measured fastest there: benchmarks/attention.py). Other impls are returned unchanged."""
+  if impl != "auto":
+    return impl
+  if platform is None:
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    platform = device.platform if device is not None else jax.default_backend()
+  if platform == "gpu":
+    ok = (jnp.dtype(dtype) in map(jnp.dtype, CUDNN_DTYPES) and head_dim <= 128
+          and head_dim % 8 == 0 and seq_len % 2 == 0)
+    return "cudnn" if ok else "xla"
+  if platform == "tpu":
+    return "splash"
+  return "blocked"
+
+
 class _LogicalParam(nn.LogicallyPartitioned):
   """A logically partitioned parameter whose unboxing constrains it with `sharding.constrain`
   (mesh axes that do not divide a dimension are dropped, as in the state shardings), and not at
@@ -55,6 +82,16 @@ class _LogicalParam(nn.LogicallyPartitioned):
     if not apply_constraint or self.value.ndim != len(self.names):
       return self.value
     return sharding.constrain(self.value, self.names)
+
+
+def accumulating_dot(dtype):
+  """The `dot_general` for flax Dense layers computing in `dtype`: None (flax's) for float32;
+  for reduced precision, bf16 x bf16 products accumulated and returned in fp32
+  (`preferred_element_type`), which CPU matrix units, tensor cores and TPU MXUs run fast while
+  the rest of the layer (residual stream, norms, softmax, gates) stays fp32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return None
+  return functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
 
 
 def dense_init(names: Sequence[str | None], init=nn.initializers.xavier_uniform()):
@@ -72,33 +109,39 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [B, S, D], mask [S, S] bool -> [B, S, D]."""
+    """x [B, S, D], mask [S, S] bool (a `splash.StaticMask` for STATIC_MASK_IMPLS) -> [B, S, D]."""
     dim = x.shape[-1]
+    dot = accumulating_dot(self.dtype)
     proj = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, self.head_dim), use_bias=False,
-        dtype=self.dtype, param_dtype=self.param_dtype,
+        dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dot,
         kernel_init=dense_init(("embed", "heads", "kv")))
     q, k, v = proj(name="wq")(x), proj(name="wk")(x), proj(name="wv")(x)  # [B, S, H, Dh]
-    q, k = layer_norm(q), layer_norm(k)
+    q, k, v = (a.astype(self.dtype) for a in (layer_norm(q), layer_norm(k), v))
     heads = ("batch", "length", "heads", "kv")
     q, k, v = (sharding.constrain(a, heads) for a in (q, k, v))
     scale = 8.0 / self.head_dim
-    if self.impl == "einsum":
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-      logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    elif self.impl in ("xla", "cudnn"):
-      out = jax.nn.dot_product_attention(
-          q, k, v, mask=mask[None, None], scale=scale, implementation=self.impl)
-    elif self.impl == "splash":
+    impl = resolve_impl(self.impl, q.dtype, self.head_dim, q.shape[1])
+    if impl == "splash":
       out = splash.attention(q, k, v, splash.static_mask(mask), scale)
+    elif impl == "blocked":
+      out = block_attention.attention(q, k, v, splash.static_mask(mask), scale)
+    elif impl in ("einsum", "xla", "cudnn"):
+      mask = jnp.asarray(mask.array if isinstance(mask, splash.StaticMask) else mask)
+      if impl == "einsum":
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
+      else:
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask[None, None], scale=scale, implementation=impl)
     else:
       raise ValueError(f"attention impl {self.impl!r} unknown; expected one of {ATTENTION_IMPLS}")
     out = sharding.constrain(out, heads)
     return nn.DenseGeneral(
         dim, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
+        dot_general=dot, kernel_init=dense_init(("heads", "kv", "embed")), name="proj")(out)
 
 
 class SwiGLU(nn.Module):
@@ -110,11 +153,14 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+                              param_dtype=self.param_dtype,
+                              dot_general=accumulating_dot(self.dtype))
     h = nn.silu(dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc1")(x))
     h = h * dense(self.hidden, kernel_init=dense_init(("embed", "mlp")), name="fc3")(x)
     h = sharding.constrain(h, ("batch", "length", "mlp"))
-    return dense(x.shape[-1], kernel_init=dense_init(("mlp", "embed")), name="fc2")(h)
+    # In x's dtype: fp32 (accumulated) under a fp32 residual stream, x's own otherwise (ar.py).
+    return dense(x.shape[-1], kernel_init=dense_init(("mlp", "embed")), name="fc2")(h).astype(
+        jnp.promote_types(x.dtype, self.dtype))
 
 
 class Block(nn.Module):
@@ -137,10 +183,11 @@ class Block(nn.Module):
     attn = Attention(self.num_heads, self.head_dim, self.dtype, self.param_dtype,
                      self.attention_impl, name="attn")
     mlp = SwiGLU(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")
+    dtype = x.dtype  # the residual stream keeps its dtype (fp32-accumulated branches add in)
     if self.adaln_segments is None:
       x = x + attn(layer_norm(x), mask)
       x = x + mlp(layer_norm(x))
-      return sharding.constrain(x, ("batch", "length", "embed"))
+      return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
     seg = np.asarray(self.adaln_segments, dtype=np.int32)
     num_seg, block = int(seg.max()) + 1, seg.size
@@ -148,6 +195,7 @@ class Block(nn.Module):
       raise ValueError(f"adaLN block: sequence length {s} is not a multiple of the block {block}")
     mod = nn.DenseGeneral(
         (num_seg, 6, d), dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=accumulating_dot(self.dtype),
         kernel_init=dense_init(("embed", None, None, "mlp"), nn.initializers.zeros),
         bias_init=dense_init((None, None, "mlp"), nn.initializers.zeros),
         name="adaLN_modulation")(nn.silu(cond))  # [B, E, 6, D]
@@ -165,7 +213,7 @@ class Block(nn.Module):
     x = x + (blocks(h) * gate_msa).reshape(b, s, d)
     h = mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
     x = x + (blocks(h) * gate_mlp).reshape(b, s, d)
-    return sharding.constrain(x, ("batch", "length", "embed"))
+    return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
 
 class _ScanBody(nn.Module):
@@ -208,7 +256,8 @@ class Transformer(nn.Module):
     kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
               adaln_segments=self.adaln_segments, dtype=self.dtype,
               param_dtype=self.param_dtype, attention_impl=self.attention_impl)
-    mask = splash.static_mask(mask) if self.attention_impl == "splash" else jnp.asarray(mask)
+    static = self.attention_impl in STATIC_MASK_IMPLS
+    mask = splash.static_mask(mask) if static else jnp.asarray(mask)
     if self.scan:
       body = _ScanBody
       if self.remat:
