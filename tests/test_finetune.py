@@ -159,6 +159,7 @@ def test_prefix_token_used_when_conditioning(data_dir, stage1, tmp_path):
     assert (float(l0) != float(l1)) == used, (prob, float(l0), float(l1))
 
 
+@pytest.mark.slow  # ~45 s; exact resume of the one Trainer is in test_train
 def test_resume_equals_uninterrupted(data_dir, stage1, tmp_path):
   wd1, _ = stage1
   tr = loop.Trainer(ft_config(data_dir, wd1), str(tmp_path / "full"))

@@ -75,6 +75,7 @@ def test_batch_that_does_not_divide_the_mesh_is_a_row_not_a_crash(tmp_path):
   assert not row["fits"] and "not divisible by 8 batch shards" in row["status"]
 
 
+@pytest.mark.slow  # ~20 s: two compiles; the semantics are in test_ar_train
 def test_grad_accumulation_shrinks_the_temporaries(tmp_path):
   """train.grad_accum_steps: the plan compiles the accumulating step; with 4 microbatches only
   a quarter of the per-chip activations is live, so the compiler's temporaries drop (the

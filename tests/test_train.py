@@ -35,6 +35,7 @@ def test_loss_decreases(data_dir, tmp_path):
   assert after < 0.9 * before, (before, after)  # flow loss has a high floor
 
 
+@pytest.mark.slow  # ~45 s; test_sharding proves the (2,2,2) step against one device in bf16 + scan + remat
 def test_sharded_step_equals_single_device(data_dir, tmp_path):
   cfg = tiny_config(data_dir)
   # Single device: a 1x1x1 mesh on device 0.
@@ -141,6 +142,7 @@ def test_lr_multipliers_scale_matching_updates():
   np.testing.assert_allclose(np.asarray(upd["decoder"]["head"]["kernel"]), 1.0)
 
 
+@pytest.mark.slow  # ~20 s; an optional demo-probe loss term
 def test_fsq_bound_loss_adds_the_hinge_on_the_tanh_argument(data_dir, tmp_path):
   cfg = tiny_config(data_dir, **{"model.fsq_levels": (8, 5, 2)})
   tr = loop.Trainer(cfg, str(tmp_path))
