@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -25,20 +23,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
+from benchmarks.attention import timed  # noqa: E402
 from vft.api import VideoTokenizer  # noqa: E402
 from vft.models import fsq  # noqa: E402
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench-models", "small")
-
-
-def median_time(f, *args, reps: int):
-  out = jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), out
 
 
 def stages(tok: VideoTokenizer):
@@ -87,8 +76,8 @@ def main():
       tok = VideoTokenizer.from_official(os.path.join(args.bench, "model.safetensors"),
                                          dtype=dtype, attention_impl=impl)
       tokenize, dec_forward = stages(tok)
-      t_tok, (ids, z) = median_time(tokenize, lat, reps=args.reps)
-      t_dec, v = median_time(dec_forward, codes, x_t, t, reps=args.reps)
+      t_tok, (ids, z) = timed(tokenize, lat, reps=args.reps)
+      t_dec, v = timed(dec_forward, codes, x_t, t, reps=args.reps)
       ids, z = np.asarray(ids), np.asarray(z)
       if ref is None:
         ref = (t_tok, t_dec, ids, z)
