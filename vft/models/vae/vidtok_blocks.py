@@ -21,10 +21,13 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
-_DN = ("NDHWC", "DHWIO", "NDHWC")
 _DN2 = ("NHWC", "HWIO", "NHWC")
 # torch's Conv default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# CausalConv3d stacks its time taps along the inputs when kt * I is at most this (else along
+# the outputs): measured on XLA:CPU, 3 -> 16 channels 3.4x faster stacked on the inputs, 16 ->
+# 192 and 192 -> 192 1.2x faster stacked on the outputs.
+_MAX_STACKED_INPUTS = 32
 
 
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
@@ -54,13 +57,15 @@ class CausalConv3d(nn.Module):
   (k - 1) pixels split floor/ceil around H and W (the reference uses the height kernel size for
   the width as well), then a VALID 3D convolution with stride (time_stride, 1, 1).
 
-  Computed as one per-frame 2D convolution of the unpadded frames with the kt time taps stacked
-  along its outputs (kernel [kh, kw, I, kt * O]), then out[t] = sum_j y[stride * t + j - pad,
-  tap j] (zero before frame 0): XLA:CPU's 3D convolutions run 3-5x slower than its 2D ones at
-  these shapes, and the zero frames cost no convolution. `time_repeat=2` computes the
-  convolution of `jnp.repeat(x, 2, axis=1)` (stride 1, kt 3) from x itself: frame 2s sees
-  (k0 + k1) x[s-1] + k2 x[s] and frame 2s+1 sees k0 x[s-1] + (k1 + k2) x[s], so the doubled
-  frames are never convolved (TimeUpsample). Returns float32.
+  Computed as one per-frame 2D convolution (XLA:CPU's 3D convolutions run 3-5x slower than its
+  2D ones at these shapes) with the kt time taps stacked either along its inputs (the frames
+  x[stride * t + j - pad] concatenated on channels, kernel [kh, kw, kt * I, O]; only the output
+  frames are convolved: strided and narrow-input convolutions) or along its outputs (kernel
+  [kh, kw, I, kt * O], then out[t] = sum_j y[stride * t + j - pad, tap j], zero before frame 0).
+  `time_repeat=2` computes the convolution of `jnp.repeat(x, 2, axis=1)` (stride 1, kt 3) from
+  x itself: frame 2s sees (k0 + k1) x[s-1] + k2 x[s] and frame 2s+1 sees k0 x[s-1] + (k1 + k2)
+  x[s], one convolution of [x[s-1], x[s]] with both frames as outputs, so the doubled frames are
+  never convolved (TimeUpsample). Returns float32.
   """
   features: int
   kernel_size: tuple[int, int, int] = (3, 3, 3)
@@ -82,20 +87,29 @@ class CausalConv3d(nn.Module):
     i, o = kernel.shape[3:]
     if self.time_repeat == 2 and kt == 3 and self.time_stride == 1:
       k0, k1, k2 = kernel
-      taps = jnp.stack([k0 + k1, k0, k2, k1 + k2], axis=3).reshape(kh, kw, i, 4 * o)
-      y = _frame_conv(x, taps, self.dtype, pad_hw)
-      y = y.reshape(y.shape[:4] + (4, o))
-      prev = _shift(y[..., :2, :], 1)  # the taps that see x[s - 1]
-      out = jnp.stack([prev[..., 0, :] + y[..., 2, :], prev[..., 1, :] + y[..., 3, :]], axis=2)
-      return out.reshape((b, 2 * t) + out.shape[3:]) + bias.astype(jnp.float32)
+      # inputs [x[s-1], x[s]] (2I channels) -> outputs [frame 2s, frame 2s+1] (2O channels)
+      taps = jnp.stack([jnp.stack([k0 + k1, k0], axis=-2), jnp.stack([k2, k1 + k2], axis=-2)],
+                       axis=2).reshape(kh, kw, 2 * i, 2 * o)
+      xs = jnp.concatenate([_shift(x, 1), x], axis=-1)
+      y = _frame_conv(xs, taps, self.dtype, pad_hw)  # [B, T, H, W, 2O]
+      y = y.reshape(y.shape[:4] + (2, o)).transpose(0, 1, 4, 2, 3, 5)
+      return y.reshape((b, 2 * t) + y.shape[3:]) + bias.astype(jnp.float32)
     if self.time_repeat != 1:
       raise ValueError(f"CausalConv3d.time_repeat={self.time_repeat}: only 2 with a 3-frame "
                        f"kernel and stride 1 is supported")
+    t_out = (t + time_pad - kt) // self.time_stride + 1
+    span = self.time_stride * (t_out - 1) + 1
+    if self.time_stride > 1 or kt * i <= _MAX_STACKED_INPUTS:
+      # Taps stacked along the inputs: out[t] = conv2d([x[s t - pad], ..., x[s t - pad + kt - 1]])
+      # convolves only the output frames (half the work at stride 2); for narrow inputs (the
+      # RGB conv_in) it also avoids a kt-times wider output (3.4x faster there).
+      xp = jnp.pad(x, ((0, 0), (time_pad, 0)) + ((0, 0),) * 3)
+      xs = jnp.concatenate([xp[:, j:j + span:self.time_stride] for j in range(kt)], axis=-1)
+      taps = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * i, o)
+      return _frame_conv(xs, taps, self.dtype, pad_hw) + bias.astype(jnp.float32)
     taps = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, i, kt * o)
     y = _frame_conv(x, taps, self.dtype, pad_hw)
     y = jnp.pad(y.reshape(y.shape[:4] + (kt, o)), ((0, 0), (time_pad, 0)) + ((0, 0),) * 4)
-    t_out = (t + time_pad - kt) // self.time_stride + 1
-    span = self.time_stride * (t_out - 1) + 1
     out = sum(y[:, j:j + span:self.time_stride, :, :, j] for j in range(kt))
     return out + bias.astype(jnp.float32)
 
@@ -114,10 +128,14 @@ class CausalConv1d(nn.Module):
     init = nn.initializers.zeros if self.zero_init else conv_init
     kernel = self.param("kernel", init, (k, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    x = jnp.pad(x, ((0, 0), (k - 1, 0), (0, 0), (0, 0), (0, 0)))
-    y = jax.lax.conv_general_dilated(  # as fast as the alternatives for a 1x1 spatial kernel
-        x.astype(self.dtype), kernel[:, None, None].astype(self.dtype), (1, 1, 1), "VALID",
-        dimension_numbers=_DN, preferred_element_type=jnp.float32)
+    # A 2D convolution over the [T, H*W] "image" with a [k, 1] kernel and k - 1 zero rows on
+    # top (padded inside the convolution): 6x faster on XLA:CPU than the equivalent 3D
+    # convolution with a 1x1 spatial kernel at the VAE's 128x128x16 level.
+    b, t, h, w, i = x.shape
+    y = jax.lax.conv_general_dilated(
+        x.reshape(b, t, h * w, i).astype(self.dtype), kernel[:, None].astype(self.dtype), (1, 1),
+        ((k - 1, 0), (0, 0)), dimension_numbers=_DN2, preferred_element_type=jnp.float32)
+    y = y.reshape(b, t, h, w, self.features)
     return y + bias.astype(jnp.float32)
 
 
@@ -200,10 +218,47 @@ def downsample2d(x: jax.Array, dtype: Dtype, name: str) -> jax.Array:
   return conv2d(x.shape[-1], dtype, name, strides=2, padding="VALID")(x)
 
 
+def _parity_taps(w: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """3 taps along `axis` of a kernel applied after a nearest x2 upsample -> the 2-tap kernels
+  each output parity applies to the low-resolution input: even outputs see offsets (-1, 0)
+  with (w0, w1 + w2), odd ones offsets (0, +1) with (w0 + w1, w2)."""
+  w0, w1, w2 = (jnp.take(w, i, axis=axis) for i in range(3))
+  return jnp.stack([w0, w1 + w2], axis), jnp.stack([w0 + w1, w2], axis)
+
+
+class Upsample2d(nn.Module):
+  """Per-frame nearest x2, then a 3x3 convolution (zero padding 1). [B, T, H, W, C] -> [B, T, 2H,
+  2W, C]. Params as `nn.Conv`: kernel [3, 3, C, C], bias [C].
+
+  Computed without the upsampled copy: each of the 4 output parities is a 2x2 convolution of
+  the low-resolution frame with the summed taps it sees (`_parity_taps`), 4/9 of the work of
+  the 3x3 convolution at full resolution (1.3-2.1x faster on XLA:CPU at the VAE's shapes).
+  """
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, t, h, w, c = x.shape
+    kernel = self.param("kernel", conv_init, (3, 3, c, c))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    pads = ((1, 0), (0, 1))  # parity 0 reads rows y - 1, y; parity 1 reads y, y + 1
+    rows = []
+    for a, ka in enumerate(_parity_taps(kernel, 0)):
+      cols = []
+      for bb, kab in enumerate(_parity_taps(ka, 1)):
+        y = jax.lax.conv_general_dilated(
+            x.reshape(b * t, h, w, c).astype(self.dtype), kab.astype(self.dtype), (1, 1),
+            (pads[a], pads[bb]), dimension_numbers=_DN2, preferred_element_type=jnp.float32)
+        cols.append(y)
+      rows.append(jnp.stack(cols, axis=3))  # [B*T, H, W, 2 (col parity), C]
+    y = jnp.stack(rows, axis=2)  # [B*T, H, 2 (row parity), W, 2, C]
+    return y.reshape(b, t, 2 * h, 2 * w, c) + bias.astype(jnp.float32)
+
+
 def upsample2d(x: jax.Array, dtype: Dtype, name: str) -> jax.Array:
-  """Per-frame nearest x2, then a 3x3 convolution. [B, T, H, W, C] -> [B, T, 2H, 2W, C]."""
-  x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-  return conv2d(x.shape[-1], dtype, name)(x)
+  """Per-frame nearest x2, then a 3x3 convolution (`Upsample2d`). [B, T, H, W, C] -> [B, T,
+  2H, 2W, C]."""
+  return Upsample2d(dtype, name=name)(x)
 
 
 class TimeDownsample(nn.Module):
