@@ -100,13 +100,79 @@ def test_irregular_mask_and_bf16(small_groups):
     probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32))
 
-  blocked = jax.jit(lambda q, k, v: block_attention.attention(q, k, v, splash.StaticMask(mask),
+  blocked = jax.jit(lambda q, k, v: block_attention.attention(q, k, v, masks.StaticMask(mask),
                                                               0.5))
   assert_close(blocked(q, k, v), jax.jit(dense)(q, k, v))
   qb, kb, vb = (a.astype(jnp.bfloat16) for a in (q, k, v))
   out = blocked(qb, kb, vb)
   assert out.dtype == jnp.bfloat16
   assert_close(out, jax.jit(dense)(qb, kb, vb), rtol=1e-2)  # bf16 probabilities and output
+
+
+def _dense_reference(q, k, v, mask, scale):
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32))
+
+
+def _qk_normed(shape, seed):
+  x = jax.random.normal(jax.random.key(seed), shape)
+  x = x - x.mean(-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5)
+
+
+def test_logit_bound_tiles_equal_dense(small_groups, monkeypatch):
+  """With a logit bound (no row max) over key tiles of 16: an irregular mask (partial tiles,
+  and tiles hidden from a whole group, skipped), values and gradients; a bound too large for
+  exp(-2 bound) falls back to the row max and agrees too."""
+  monkeypatch.setattr(block_attention, "KEY_TILE", 16)
+  mask = irregular_mask(90)
+  mask[48:, :20] = False  # keys 0..19 hidden from the later rows: whole tiles to skip
+  head_dim, scale = 8, 1.0
+  q, k = _qk_normed((2, 90, 3, head_dim), 0), _qk_normed((2, 90, 3, head_dim), 1)
+  v = jax.random.normal(jax.random.key(2), (2, 90, 3, head_dim))
+  sm = masks.StaticMask(mask)
+  ref = jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(jnp.sin(_dense_reference(q, k, v, mask, scale))), (0, 1, 2)))
+  for bound in (scale * head_dim, 1e4):
+    f = jax.jit(jax.value_and_grad(lambda q, k, v, b=bound: jnp.sum(jnp.sin(
+        block_attention.attention(q, k, v, sm, scale, logit_bound=b))), (0, 1, 2)))
+    for a, b in zip(jax.tree.leaves(f(q, k, v)), jax.tree.leaves(ref(q, k, v))):
+      assert_close(a, b)
+
+
+def test_rectangular_mask_rows():
+  """Queries of a subset of the rows ([R, S] mask) equal those rows of the square result."""
+  mask = masks.make_mask("time_block_causal_last", 3, 8, 4)
+  rows = np.array([8, 9, 10, 11, 20, 21, 22, 23, 32, 33, 34, 35])  # the registers
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 36, 2, 8)) for i in range(3))
+  full = block_attention.attention(q, k, v, masks.StaticMask(mask), 0.5)
+  part = block_attention.attention(q[:, rows], k, v, masks.StaticMask(mask).rows(rows), 0.5)
+  assert part.shape == (2, 12, 2, 8)
+  assert_close(part, full[:, rows])
+
+
+@pytest.mark.parametrize("impl,adaln", [("einsum", False), ("xla", True), ("blocked", True)])
+def test_transformer_out_rows_equal_rows_of_full_output(impl, adaln):
+  """`out_rows` (the last block computes only the kept rows) == the full trunk's rows, with and
+  without adaLN segments (perturbed from the zero init), for the register and patch rows."""
+  from vft.models.encoder import slot_rows
+  t, p, n = 3, 8, 4
+  mask = masks.make_mask("time_block_causal_last" if not adaln else "time_block_causal", t, p, n)
+  x = jax.random.normal(jax.random.key(0), (2, t * (p + n), 32))
+  cond = jax.random.normal(jax.random.key(1), (2, 32)) if adaln else None
+  model = Transformer(depth=2, num_heads=2, head_dim=16, mlp_dim=48, attention_impl=impl,
+                      adaln_segments=(0,) * p + (1,) * n if adaln else None)
+  params = model.init(jax.random.key(2), x, mask, cond)
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = tree.unflatten([a + 0.1 * jax.random.normal(kk, a.shape) for a, kk in zip(leaves, keys)])
+  full, _ = jax.jit(lambda p, x: model.apply(p, x, mask, cond))(params, x)
+  for last in (True, False):
+    rows = slot_rows(t, p, n, last=last)
+    part, _ = jax.jit(lambda p, x, r=rows: model.apply(p, x, mask, cond, out_rows=r))(params, x)
+    assert part.shape == (2, rows.size, 32)
+    assert_close(part, full[:, rows])
 
 
 def test_sharded_scanned_trunk_equals_einsum(small_groups):
@@ -176,10 +242,10 @@ def test_auto_resolution():
 def test_errors():
   with pytest.raises(ValueError, match="query row 1 of the mask attends no key"):
     block_attention.plan(np.eye(3, dtype=bool) & np.array([True, False, True])[:, None])
-  with pytest.raises(ValueError, match=r"must be \[S, S\]"):
-    block_attention.plan(np.ones((3, 4), bool))
+  with pytest.raises(ValueError, match=r"must be \[Sq, Sk\]"):
+    block_attention.plan(np.ones((3, 4, 1), bool))
   q = jnp.ones((1, 8, 2, 4))
-  with pytest.raises(ValueError, match="does not match the sequence length 8"):
-    block_attention.attention(q, q, q, splash.StaticMask(np.ones((6, 6), bool)), 0.5)
+  with pytest.raises(ValueError, match=r"does not match the query / key lengths \(8, 8\)"):
+    block_attention.attention(q, q, q, masks.StaticMask(np.ones((6, 6), bool)), 0.5)
   with pytest.raises(ValueError, match="config.model.attention_impl"):
     TokenizerConfig(latent_channels=8, attention_impl="flash")

@@ -107,10 +107,10 @@ def test_padding_and_block_rule():
 
 
 def test_static_mask_is_hashable_by_content():
-  a = splash.static_mask(masks.make_mask("causal", 2, 4, 2))
-  assert a == splash.static_mask(jnp.asarray(masks.make_mask("causal", 2, 4, 2)))
-  assert hash(a) == hash(splash.static_mask(masks.make_mask("causal", 2, 4, 2)))
-  assert a != splash.static_mask(masks.make_mask("full", 2, 4, 2))
+  a = masks.static_mask(masks.make_mask("causal", 2, 4, 2))
+  assert a == masks.static_mask(jnp.asarray(masks.make_mask("causal", 2, 4, 2)))
+  assert hash(a) == hash(masks.static_mask(masks.make_mask("causal", 2, 4, 2)))
+  assert a != masks.static_mask(masks.make_mask("full", 2, 4, 2))
   assert jax.tree.leaves(a) == []  # passes nn.scan / nn.remat as static data
 
 
@@ -119,16 +119,16 @@ def test_errors(monkeypatch):
   mask = masks.make_mask("causal", FRAMES, PATCHES, REGISTERS)
   q = jnp.ones((4, mask.shape[0], 2, 16))
   mesh = sharding.make_mesh(MESH)
-  f = sharding.jit(lambda q: splash.attention(q, q, q, splash.static_mask(mask), 0.5), mesh,
+  f = sharding.jit(lambda q: splash.attention(q, q, q, masks.static_mask(mask), 0.5), mesh,
                    sharding.DEFAULT_RULES)
   with pytest.raises(ValueError, match=r"TPU kernel.*'cpu'.*VFT_SPLASH_INTERPRET=1"):
     f.lower(q)
   with pytest.raises(ValueError, match="does not match the sequence length 48"):
-    splash.attention(q, q, q, splash.static_mask(np.ones((8, 8), bool)), 0.5)
+    splash.attention(q, q, q, masks.static_mask(np.ones((8, 8), bool)), 0.5)
   with pytest.raises(ValueError, match=r"must be \[S, S\]"):
-    splash.static_mask(np.ones((4, 8), bool))
+    masks.static_mask(np.ones((4, 8), bool))
   with pytest.raises(ValueError, match="needs a static mask"):
-    jax.jit(splash.static_mask)(jnp.ones((4, 4), bool))
+    jax.jit(masks.static_mask)(jnp.ones((4, 4), bool))
 
 
 @pytest.mark.tpu_aot

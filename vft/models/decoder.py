@@ -23,7 +23,7 @@ from vft.models import masks
 from vft.models.config import TokenizerConfig
 from vft.models.embed import (LearnedPosEmb, PatchEmbed, TablePosEmb, TimestepEmbedder, trunc02,
                               unpatchify)
-from vft.models.encoder import interleave, split_frames
+from vft.models.encoder import interleave, slot_rows, split_frames
 from vft.models.transformer import Transformer, dense_init, layer_norm, mlp_hidden_dim
 
 
@@ -127,12 +127,19 @@ class Decoder(nn.Module):
     segments = (0,) * (h * w) + (cfg.adaln_expansion - 1,) * n
     mask = masks.make_mask(cfg.dec_mask, tf, h * w, n)
     capture = cfg.repa_layer if with_repa else None
+    # Only the patches leave the trunk: its last block computes only their rows (unless the
+    # REPA head captures that block).
+    rows = None if capture == cfg.dec_depth - 1 else slot_rows(tf, h * w, n, last=False)
     seq, captured = Transformer(
         depth=cfg.dec_depth, num_heads=dim // cfg.head_dim, head_dim=cfg.head_dim,
         mlp_dim=mlp_hidden_dim(dim), adaln_segments=segments, dtype=cfg.compute_dtype,
         attention_impl=cfg.attention_impl, scan=cfg.scan, remat=cfg.remat,
-        remat_policy=cfg.remat_policy, capture_layer=capture, name="transformer")(seq, mask, temb)
-    patches, _ = split_frames(seq, tf, h * w)  # [B, T', hw, D]
+        remat_policy=cfg.remat_policy, capture_layer=capture, name="transformer")(
+            seq, mask, temb, out_rows=rows)
+    if rows is None:
+      patches, _ = split_frames(seq, tf, h * w)  # [B, T', hw, D]
+    else:
+      patches = seq.reshape(b, tf, h * w, dim)
     # Output head with its own adaLN (shift, scale).
     mod = nn.DenseGeneral((2, dim), kernel_init=dense_init(("embed", None, "mlp"),
                                                            nn.initializers.zeros),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vft import sharding
 from vft.models import masks
@@ -31,6 +32,14 @@ def split_frames(x: jax.Array, num_frames: int, num_patches: int):
   return x[:, :, :num_patches], x[:, :, num_patches:]
 
 
+def slot_rows(num_frames: int, num_patches: int, num_registers: int, last: bool) -> np.ndarray:
+  """Positions in the interleaved sequence of every frame's registers (last=True) or patches
+  (last=False), frame-major: [T * N] or [T * P] int32."""
+  block = num_patches + num_registers
+  lo, n = (num_patches, num_registers) if last else (0, num_patches)
+  return (np.arange(num_frames)[:, None] * block + lo + np.arange(n)[None]).ravel().astype(np.int32)
+
+
 class Encoder(nn.Module):
   cfg: TokenizerConfig
 
@@ -51,12 +60,14 @@ class Encoder(nn.Module):
     regs = Registers(cfg.max_latent_frames, cfg.num_registers, dim, name="registers")(b, t)
     seq = sharding.constrain(interleave(x, regs), ("batch", "length", "embed"))
     mask = masks.make_mask(cfg.enc_mask, t, h * w, cfg.num_registers)
-    seq, _ = Transformer(
+    # Only the registers leave the trunk: its last block computes only their rows.
+    regs = Transformer(
         depth=cfg.enc_depth, num_heads=dim // cfg.head_dim, head_dim=cfg.head_dim,
         mlp_dim=mlp_hidden_dim(dim), dtype=cfg.compute_dtype,
         attention_impl=cfg.attention_impl, scan=cfg.scan, remat=cfg.remat,
-        remat_policy=cfg.remat_policy, name="transformer")(seq, mask)
-    _, regs = split_frames(seq, t, h * w)
+        remat_policy=cfg.remat_policy, name="transformer")(
+            seq, mask, out_rows=slot_rows(t, h * w, cfg.num_registers, last=True))[0]
+    regs = regs.reshape(b, t, cfg.num_registers, dim)
     out = nn.Dense(cfg.code_dim, kernel_init=dense_init(("embed", None)), name="to_latents")(
         layer_norm(regs))
     return out.astype(jnp.float32)

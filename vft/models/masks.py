@@ -16,6 +16,7 @@ patches, causal over its registers; patches do not see their own frame's registe
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 MASK_MODES = ("full", "causal", "time_block_causal", "time_block_causal_last")
@@ -45,3 +46,38 @@ def make_mask(mode: str, num_frames: int, prefix_len: int, last_len: int) -> np.
     return fk <= fq
   same = fk == fq
   return (fk < fq) | (same & ((wk <= wq) | (wk < prefix_len)))
+
+
+@jax.tree_util.register_static
+class StaticMask:
+  """A boolean mask [Sq, Sk] carried as static pytree metadata (hashable, no array leaves), for
+  the attention impls that need the mask's structure at trace time (splash, blocked)."""
+
+  def __init__(self, mask: np.ndarray):
+    self.array = np.asarray(mask, dtype=bool)
+    self._key = (self.array.shape, np.packbits(self.array).tobytes())
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, StaticMask) and self._key == other._key
+
+  def rows(self, rows: np.ndarray) -> "StaticMask":
+    """The mask of the query rows `rows` (static indices): [len(rows), Sk]."""
+    return StaticMask(self.array[np.asarray(rows)])
+
+
+def static_mask(mask, square: bool = True) -> StaticMask:
+  """mask [S, S] bool (numpy or a concrete array; [Sq, Sk] with square=False) -> StaticMask; a
+  traced mask is an error."""
+  if isinstance(mask, StaticMask):
+    return mask
+  if isinstance(mask, jax.core.Tracer):
+    raise ValueError("attention_impl='splash'/'blocked' needs a static mask (numpy, e.g. "
+                     "vft.models.masks.make_mask); got a traced array")
+  mask = np.asarray(mask)
+  if mask.ndim != 2 or (square and mask.shape[0] != mask.shape[1]):
+    raise ValueError(f"attention_impl='splash'/'blocked': mask must be [S, S], got shape "
+                     f"{mask.shape}")
+  return StaticMask(mask)

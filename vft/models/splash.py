@@ -5,8 +5,8 @@ scaled by `scale`, a static boolean mask [S, S] shared by all heads and samples 
 `masks.MASK_MODES`). The kernel never materialises the [B, H, S, S] logits.
 
 - Mask: our numpy mask becomes a `mask_lib.NumpyMask` per head. Its structure must be known at
-  trace time, so `Transformer` wraps it in a `StaticMask` (a pytree without leaves) that passes
-  through `nn.scan` / `nn.remat` unchanged.
+  trace time, so `Transformer` wraps it in a `masks.StaticMask` (a pytree without leaves) that
+  passes through `nn.scan` / `nn.remat` unchanged.
 - Sequence padding: the kernel tiles S in blocks that are multiples of 128. S is padded to
   S_pad = ceil(S / 128) * 128 (no-op when 128 divides S); a padded query attends only itself,
   no real query attends a padded key, and the padded rows are dropped. Block size: the largest
@@ -30,39 +30,11 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
 from vft import sharding
+from vft.models.masks import StaticMask
 
 INTERPRET_ENV = "VFT_SPLASH_INTERPRET"
 LANES = 128
 BLOCK_CANDIDATES = (512, 256, 128)
-
-
-@jax.tree_util.register_static
-class StaticMask:
-  """A boolean mask [S, S] carried as static pytree metadata (hashable, no array leaves)."""
-
-  def __init__(self, mask: np.ndarray):
-    self.array = np.asarray(mask, dtype=bool)
-    self._key = (self.array.shape, np.packbits(self.array).tobytes())
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, StaticMask) and self._key == other._key
-
-
-def static_mask(mask) -> StaticMask:
-  """mask [S, S] bool (numpy or a concrete array) -> StaticMask; a traced mask is an error."""
-  if isinstance(mask, StaticMask):
-    return mask
-  if isinstance(mask, jax.core.Tracer):
-    raise ValueError("attention_impl='splash'/'blocked' needs a static mask (numpy, e.g. "
-                     "vft.models.masks.make_mask); got a traced array")
-  mask = np.asarray(mask)
-  if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
-    raise ValueError(f"attention_impl='splash'/'blocked': mask must be [S, S], got shape "
-                     f"{mask.shape}")
-  return StaticMask(mask)
 
 
 def padded_length(seq_len: int) -> int:

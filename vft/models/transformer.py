@@ -8,7 +8,7 @@ a sub-sequence e (patches 0, registers 1) and gets its own (gate_msa, gate_mlp, 
 scale_msa, shift_mlp, scale_mlp) from `Linear(SiLU(temb)) -> [E, 6, D]`.
 
 Shapes: x [B, S, D] with S = T * L (L = slots per latent frame), mask [S, S] bool (static, a
-`splash.StaticMask`, with the attention impls of STATIC_MASK_IMPLS).
+`masks.StaticMask`, with the attention impls of STATIC_MASK_IMPLS).
 
 Attention impls: "xla" / "cudnn" (`jax.nn.dot_product_attention`), "einsum" (dense einsum +
 softmax), "splash" (Pallas TPU kernel, `splash.py`), "blocked" (only the key blocks the mask
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vft import sharding
-from vft.models import block_attention, splash
+from vft.models import block_attention, masks, splash
 
 Dtype = Any
 ATTENTION_IMPLS = ("xla", "einsum", "cudnn", "splash", "blocked", "auto")
@@ -108,26 +108,37 @@ class Attention(nn.Module):
   impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [B, S, D], mask [S, S] bool (a `splash.StaticMask` for STATIC_MASK_IMPLS) -> [B, S, D]."""
+  def __call__(self, x: jax.Array, mask: jax.Array, rows: np.ndarray | None = None) -> jax.Array:
+    """x [B, S, D], mask [S, S] bool (a `masks.StaticMask` for STATIC_MASK_IMPLS) -> [B, S, D];
+    with `rows` (static query positions, R of them) only those queries: -> [B, R, D]."""
     dim = x.shape[-1]
     dot = accumulating_dot(self.dtype)
     proj = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, self.head_dim), use_bias=False,
         dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dot,
         kernel_init=dense_init(("embed", "heads", "kv")))
-    q, k, v = proj(name="wq")(x), proj(name="wk")(x), proj(name="wv")(x)  # [B, S, H, Dh]
+    impl = resolve_impl(self.impl, self.dtype, self.head_dim, x.shape[1])
+    # splash keeps its square kernel: all queries, then the rows of the output.
+    q_rows = rows if impl != "splash" else None
+    xq = x if q_rows is None else jnp.take(x, q_rows, axis=1)
+    q, k, v = proj(name="wq")(xq), proj(name="wk")(x), proj(name="wv")(x)  # [B, S(R), H, Dh]
     q, k, v = (a.astype(self.dtype) for a in (layer_norm(q), layer_norm(k), v))
     heads = ("batch", "length", "heads", "kv")
     q, k, v = (sharding.constrain(a, heads) for a in (q, k, v))
     scale = 8.0 / self.head_dim
-    impl = resolve_impl(self.impl, q.dtype, self.head_dim, q.shape[1])
     if impl == "splash":
-      out = splash.attention(q, k, v, splash.static_mask(mask), scale)
+      out = splash.attention(q, k, v, masks.static_mask(mask), scale)
+      if rows is not None:
+        out = jnp.take(out, rows, axis=1)
     elif impl == "blocked":
-      out = block_attention.attention(q, k, v, splash.static_mask(mask), scale)
+      m = masks.static_mask(mask)
+      # q and k are parameter-free-LayerNormed over head_dim: |q . k| <= head_dim.
+      out = block_attention.attention(q, k, v, m if q_rows is None else m.rows(q_rows), scale,
+                                      logit_bound=scale * self.head_dim)
     elif impl in ("einsum", "xla", "cudnn"):
-      mask = jnp.asarray(mask.array if isinstance(mask, splash.StaticMask) else mask)
+      mask = jnp.asarray(mask.array if isinstance(mask, masks.StaticMask) else mask)
+      if q_rows is not None:
+        mask = jnp.take(mask, q_rows, axis=0)
       if impl == "einsum":
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
         logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
@@ -168,6 +179,9 @@ class Block(nn.Module):
 
   With `adaln_segments` (a tuple of E-ary segment ids, one per slot of a latent-frame block of
   length L), `cond` [B, D] produces per-segment modulations; otherwise `cond` is ignored.
+  With `rows` (static sequence positions) the block returns only those R rows, [B, R, D]: keys
+  and values still come from the whole sequence, but queries, the output projection and the
+  MLP run on the R rows (the last block of a trunk whose caller keeps part of its output).
   """
   num_heads: int
   head_dim: int
@@ -176,6 +190,7 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  rows: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, cond: jax.Array | None = None) -> jax.Array:
@@ -184,8 +199,12 @@ class Block(nn.Module):
                      self.attention_impl, name="attn")
     mlp = SwiGLU(self.mlp_dim, self.dtype, self.param_dtype, name="mlp")
     dtype = x.dtype  # the residual stream keeps its dtype (fp32-accumulated branches add in)
+    rows = None if self.rows is None else np.asarray(self.rows, dtype=np.int32)
+    if rows is not None and (rows.ndim != 1 or rows.min() < 0 or rows.max() >= s):
+      raise ValueError(f"Block.rows must be positions in [0, {s}), got {self.rows!r:.80}")
+    x_rows = x if rows is None else jnp.take(x, rows, axis=1)
     if self.adaln_segments is None:
-      x = x + attn(layer_norm(x), mask)
+      x = x_rows + attn(layer_norm(x), mask, rows)
       x = x + mlp(layer_norm(x))
       return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
@@ -198,21 +217,28 @@ class Block(nn.Module):
         dot_general=accumulating_dot(self.dtype),
         kernel_init=dense_init(("embed", None, None, "mlp"), nn.initializers.zeros),
         bias_init=dense_init((None, None, "mlp"), nn.initializers.zeros),
-        name="adaLN_modulation")(nn.silu(cond))  # [B, E, 6, D]
-    mod = mod.astype(jnp.float32)[:, seg][:, None]  # [B, 1, L, 6, D]
-    gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = (
-        mod[..., i, :] for i in range(6))
+        name="adaLN_modulation")(nn.silu(cond)).astype(jnp.float32)  # [B, E, 6, D]
+    # Per slot of a frame block [B, 1, L, 6, D] (h viewed as [B, T, L, D]); per kept row
+    # [B, R, 6, D] (h as it is).
+    slot_mod = mod[:, seg][:, None]
+    row_mod = slot_mod if rows is None else mod[:, seg[rows % block]]
 
-    def blocks(t):  # [B, S, D] <-> [B, T, L, D]
-      return t.reshape(b, s // block, block, d)
+    def apply(h, m, fn):
+      hv = h.reshape(b, -1, block, d) if m.ndim == 5 else h
+      return fn(hv.astype(jnp.float32), m).reshape(h.shape)
 
-    def modulate(h, shift, scale):
-      return (blocks(h).astype(jnp.float32) * (1 + scale) + shift).reshape(b, s, d).astype(h.dtype)
+    def modulate(h, m, i_shift, i_scale):
+      return apply(h, m, lambda hv, m: hv * (1 + m[..., i_scale, :]) + m[..., i_shift, :]
+                   ).astype(h.dtype)
 
-    h = attn(modulate(layer_norm(x), shift_msa, scale_msa), mask)
-    x = x + (blocks(h) * gate_msa).reshape(b, s, d)
-    h = mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
-    x = x + (blocks(h) * gate_mlp).reshape(b, s, d)
+    def gate(h, m, i):
+      return apply(h, m, lambda hv, m: hv * m[..., i, :])
+
+    # modulation index: 0 gate_msa, 1 gate_mlp, 2 shift_msa, 3 scale_msa, 4 shift_mlp, 5 scale_mlp
+    h = attn(modulate(layer_norm(x), slot_mod, 2, 3), mask, rows)
+    x = x_rows + gate(h, row_mod, 0)
+    h = mlp(modulate(layer_norm(x), row_mod, 4, 5))
+    x = x + gate(h, row_mod, 1)
     return sharding.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
 
@@ -250,14 +276,21 @@ class Transformer(nn.Module):
   capture_layer: int | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array, cond: jax.Array | None = None):
+  def __call__(self, x: jax.Array, mask: jax.Array, cond: jax.Array | None = None,
+               out_rows: np.ndarray | None = None):
+    """x [B, S, D] -> (x [B, S, D], captured); with `out_rows` (static positions) the output is
+    only those rows, [B, R, D], and the last block computes nothing else (`Block.rows`; with
+    `scan` the rows are taken after the stack)."""
     if self.capture_layer is not None and not 0 <= self.capture_layer < self.depth:
       raise ValueError(f"capture layer {self.capture_layer} outside [0, {self.depth})")
+    if out_rows is not None and self.capture_layer == self.depth - 1:
+      raise ValueError("Transformer: out_rows would prune the captured last layer")
+    rows = None if out_rows is None else tuple(int(r) for r in np.asarray(out_rows).ravel())
     kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
               adaln_segments=self.adaln_segments, dtype=self.dtype,
               param_dtype=self.param_dtype, attention_impl=self.attention_impl)
     static = self.attention_impl in STATIC_MASK_IMPLS
-    mask = splash.static_mask(mask) if static else jnp.asarray(mask)
+    mask = masks.static_mask(mask) if static else jnp.asarray(mask)
     if self.scan:
       body = _ScanBody
       if self.remat:
@@ -269,13 +302,16 @@ class Transformer(nn.Module):
       captured = jnp.zeros_like(x) if self.capture_layer is not None else None
       (x, captured), _ = stack(kw, self.capture_layer, name="blocks")(
           (x, captured), jnp.arange(self.depth), mask, cond)
+      if rows is not None:
+        x = jnp.take(x, np.asarray(rows, dtype=np.int32), axis=1)
       return x, captured
     block_cls = Block
     if self.remat:
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy])
     captured = None
     for i in range(self.depth):
-      x = block_cls(**kw, name=f"blocks_{i}")(x, mask, cond)
+      last = i == self.depth - 1
+      x = block_cls(**kw, rows=rows if last else None, name=f"blocks_{i}")(x, mask, cond)
       if i == self.capture_layer:
         captured = x
     return x, captured
