@@ -27,10 +27,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from vft import sharding  # noqa: E402
 from vft.models import masks  # noqa: E402
 from vft.models.config import TokenizerConfig  # noqa: E402
+from vft.models.encoder import slot_rows  # noqa: E402
 from vft.models.tokenizer import VideoFlexTok  # noqa: E402
 from vft.plan import latent_shape, model_flops  # noqa: E402
 from vft.train import optimizer as optim_lib  # noqa: E402
@@ -63,17 +65,23 @@ def load_config(name: str):
 
 
 def masked_flops(cfg, bs: int, spec) -> float:
-  """`model_flops` with the attention term scaled by each trunk's allowed-entry fraction."""
+  """The work a step must do: `model_flops` with the attention term scaled by each trunk's
+  allowed-entry fraction, and without the last block's rows its trunk does not output (the
+  encoder keeps only the registers, the decoder only the patches: `Transformer(out_rows=)`)."""
   m = cfg.model
   t = spec[0] // m.patch_size[0]
   hw = (spec[1] // m.patch_size[1]) * (spec[2] // m.patch_size[2])
   n = m.num_registers
+  s = t * (hw + n)
+  block = lambda d: 4 * d * d + 3 * d * int(2 * int(4 * d) / 3)  # noqa: E731
   dense = model_flops(cfg, bs, spec)
-  for width, depth, mode in ((m.enc_width, m.enc_depth, m.enc_mask),
-                             (m.dec_width, m.dec_depth, m.dec_mask)):
-    s = t * (hw + n)
-    kept = masks.make_mask(mode, t, hw, n).mean()
-    dense -= (1 - kept) * bs * 3 * depth * 4 * s * s * width
+  for width, depth, mode, last in ((m.enc_width, m.enc_depth, m.enc_mask, True),
+                                   (m.dec_width, m.dec_depth, m.dec_mask, False)):
+    mask = masks.make_mask(mode, t, hw, n)
+    dense -= (1 - mask.mean()) * bs * 3 * depth * 4 * s * s * width
+    dropped = np.ones(s, bool)
+    dropped[slot_rows(t, hw, n, last=last)] = False
+    dense -= bs * 3 * (2 * dropped.sum() * block(width) + 4 * width * mask[dropped].sum())
   return dense
 
 
