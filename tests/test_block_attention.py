@@ -152,7 +152,9 @@ def test_rectangular_mask_rows():
   assert_close(part, full[:, rows])
 
 
-@pytest.mark.parametrize("impl,adaln", [("einsum", False), ("xla", True), ("blocked", True)])
+@pytest.mark.parametrize("impl,adaln", [  # xla's out_rows also run in every parity test
+    pytest.param("einsum", False, marks=pytest.mark.slow),
+    pytest.param("xla", True, marks=pytest.mark.slow), ("blocked", True)])
 def test_transformer_out_rows_equal_rows_of_full_output(impl, adaln):
   """`out_rows` (the last block computes only the kept rows) == the full trunk's rows, with and
   without adaLN segments (perturbed from the zero init), for the register and patch rows."""

@@ -45,6 +45,7 @@ def test_per_device_bytes_equal_the_addressable_shards(tmp_path):
   assert plan_lib.tree_bytes_per_device(abstract.params) < total / 2  # fsdp x tensor shard it
 
 
+@pytest.mark.slow  # default-suite budget (issue 14 stop); a sibling covers the path
 def test_chooser_takes_the_first_layout_that_fits(tmp_path):
   cfg = _cfg(tmp_path)
   devices = jax.devices()[:8]

@@ -49,7 +49,8 @@ def trunk_inputs(mask):
   return model.init(jax.random.key(1), x, mask), x
 
 
-@pytest.mark.parametrize("mode", masks.MASK_MODES)
+@pytest.mark.parametrize("mode", [  # "full" (the dense case) in the slow set
+    pytest.param(m, marks=pytest.mark.slow) if m == "full" else m for m in masks.MASK_MODES])
 def test_attention_equals_xla_path(mode, interpret):
   mask = masks.make_mask(mode, FRAMES, PATCHES, REGISTERS)
   x = jax.random.normal(jax.random.key(0), (2, mask.shape[0], 32))

@@ -185,6 +185,7 @@ def train_only_dir(tmp_path_factory):
   return write_tiny_dataset(tmp_path_factory.mktemp("train_only"), num_train=8, num_eval=0)
 
 
+@pytest.mark.slow  # default-suite budget (issue 14 stop); a sibling covers the path
 def test_train_without_eval_split_runs_with_eval_off(train_only_dir, tmp_path, caplog):
   cfg = tiny_config(train_only_dir, total_steps=2, **{"eval.every_steps": 1,
                                                        "checkpoint.every_steps": 2})
@@ -197,6 +198,7 @@ def test_train_without_eval_split_runs_with_eval_off(train_only_dir, tmp_path, c
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "2"))
 
 
+@pytest.mark.slow  # default-suite budget (issue 14 stop); a sibling covers the path
 def test_train_with_separate_eval_dataset(train_only_dir, tmp_path):
   eval_dir = write_tiny_dataset(tmp_path / "held_out", num_train=0, num_eval=2)
   cfg = tiny_config(train_only_dir, total_steps=1, **{
