@@ -34,7 +34,7 @@ from vft.models import masks  # noqa: E402
 from vft.models.config import TokenizerConfig  # noqa: E402
 from vft.models.encoder import slot_rows  # noqa: E402
 from vft.models.tokenizer import VideoFlexTok  # noqa: E402
-from vft.plan import latent_shape, model_flops  # noqa: E402
+from vft.plan import block_matmul_params, latent_shape, model_flops  # noqa: E402
 from vft.train import optimizer as optim_lib  # noqa: E402
 from vft.train import state as state_lib  # noqa: E402
 from vft.train.step import jit_train_step  # noqa: E402
@@ -73,7 +73,6 @@ def masked_flops(cfg, bs: int, spec) -> float:
   hw = (spec[1] // m.patch_size[1]) * (spec[2] // m.patch_size[2])
   n = m.num_registers
   s = t * (hw + n)
-  block = lambda d: 4 * d * d + 3 * d * int(2 * int(4 * d) / 3)  # noqa: E731
   dense = model_flops(cfg, bs, spec)
   for width, depth, mode, last in ((m.enc_width, m.enc_depth, m.enc_mask, True),
                                    (m.dec_width, m.dec_depth, m.dec_mask, False)):
@@ -81,7 +80,7 @@ def masked_flops(cfg, bs: int, spec) -> float:
     dense -= (1 - mask.mean()) * bs * 3 * depth * 4 * s * s * width
     dropped = np.ones(s, bool)
     dropped[slot_rows(t, hw, n, last=last)] = False
-    dense -= bs * 3 * (2 * dropped.sum() * block(width) + 4 * width * mask[dropped].sum())
+    dense -= bs * 3 * (2 * dropped.sum() * block_matmul_params(width) + 4 * width * mask[dropped].sum())
   return dense
 
 

@@ -162,6 +162,11 @@ def latent_shape(cfg) -> tuple[int, int, int, int]:
   return (t, s, s, cfg.model.latent_channels)
 
 
+def block_matmul_params(dim: int) -> int:
+  """Matmul parameters of one transformer block of width `dim` (q, k, v, out + SwiGLU)."""
+  return 4 * dim * dim + 3 * dim * int(2 * int(4 * dim) / 3)
+
+
 def model_flops(cfg, bs: int, spec, encoder_trainable: bool = True) -> float:
   """Analytic model FLOPs of one train step (forward + backward = 3x forward, no remat):
   2 FLOPs per matmul parameter per token plus 4*S*D per token per layer for attention
@@ -171,8 +176,7 @@ def model_flops(cfg, bs: int, spec, encoder_trainable: bool = True) -> float:
   t = spec[0] // m.patch_size[0]
   hw = (spec[1] // m.patch_size[1]) * (spec[2] // m.patch_size[2])
   s = t * (hw + m.num_registers)
-  block = lambda d: 4 * d * d + 3 * d * int(2 * int(4 * d) / 3)  # noqa: E731
-  layer = lambda d, n: 2 * n * block(d) + 4 * n * n * d  # noqa: E731
+  layer = lambda d, n: 2 * n * block_matmul_params(d) + 4 * n * n * d  # noqa: E731
   enc = m.enc_depth * layer(m.enc_width, s)
   dec = m.dec_depth * layer(m.dec_width, s)
   if m.repa_layer is not None and cfg.train.repa_weight > 0:

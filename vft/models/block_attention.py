@@ -134,10 +134,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask, scale: float,
   qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q * jnp.asarray(scale, q.dtype), k, v))
   neg = jnp.finfo(jnp.float32).min
 
-  def scores(g, q0, q1, k0, k1):  # fp32 logits [B, H, q1 - q0, k1 - k0], masked
-    logits = jnp.einsum("bhqd,bhkd->bhqk", qt[:, :, q0:q1], kt[:, :, k0:k1],
+  def scores(g, k0, k1):  # fp32 logits [B, H, g.q1 - g.q0, k1 - k0], masked
+    logits = jnp.einsum("bhqd,bhkd->bhqk", qt[:, :, g.q0:g.q1], kt[:, :, k0:k1],
                         preferred_element_type=jnp.float32)
-    tile = arr[q0:q1, k0:k1]
+    tile = arr[g.q0:g.q1, k0:k1]
     return logits if g.dense or tile.all() else jnp.where(tile[None, None], logits, neg)
 
   def values(e, k0, k1):  # e [B, H, q, k] -> fp32 e @ v [B, H, q, Dh]
@@ -147,7 +147,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask, scale: float,
   outs = []
   for g in _cached_plan(mask, OVERHEAD):
     if logit_bound is None:
-      logits = scores(g, g.q0, g.q1, g.k0, g.k1)
+      logits = scores(g, g.k0, g.k1)
       # exp(l - max) @ v / sum: the normalisation runs on [q, Dh], not [q, k].
       e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
       num, den = values(e, g.k0, g.k1), e.sum(axis=-1, keepdims=True)
@@ -156,7 +156,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask, scale: float,
       for k0, k1 in _tiles(g, KEY_TILE):
         if not arr[g.q0:g.q1, k0:k1].any():
           continue
-        e = jnp.exp(scores(g, g.q0, g.q1, k0, k1) - logit_bound)
+        e = jnp.exp(scores(g, k0, k1) - logit_bound)
         num, den = num + values(e, k0, k1), den + e.sum(axis=-1, keepdims=True)
     outs.append((num / den).astype(v.dtype))
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)

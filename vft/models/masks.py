@@ -68,16 +68,16 @@ class StaticMask:
     return StaticMask(self.array[np.asarray(rows)])
 
 
-def static_mask(mask, square: bool = True) -> StaticMask:
-  """mask [S, S] bool (numpy or a concrete array; [Sq, Sk] with square=False) -> StaticMask; a
-  traced mask is an error."""
+def static_mask(mask) -> StaticMask:
+  """mask [S, S] bool (numpy or a concrete array) -> StaticMask; a traced mask is an error
+  (the rows of a subset of queries: `StaticMask.rows`)."""
   if isinstance(mask, StaticMask):
     return mask
   if isinstance(mask, jax.core.Tracer):
     raise ValueError("attention_impl='splash'/'blocked' needs a static mask (numpy, e.g. "
                      "vft.models.masks.make_mask); got a traced array")
   mask = np.asarray(mask)
-  if mask.ndim != 2 or (square and mask.shape[0] != mask.shape[1]):
+  if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
     raise ValueError(f"attention_impl='splash'/'blocked': mask must be [S, S], got shape "
                      f"{mask.shape}")
   return StaticMask(mask)

@@ -35,14 +35,16 @@ def layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
-def _frame_conv(x: jax.Array, kernel: jax.Array, dtype: Dtype, pad_hw) -> jax.Array:
+def _frame_conv(x: jax.Array, kernel: jax.Array, dtype: Dtype, pad_hw, pad_w=None) -> jax.Array:
   """Per-frame 2D convolution (time folded into the batch) with zero padding `pad_hw` (lo, hi)
-  on both H and W (inside the convolution: no padded copy): x [B, T, H, W, I], kernel
-  [kh, kw, I, O] -> [B, T, H', W', O] float32 (bf16 operands accumulate in float32)."""
+  on H and `pad_w` on W (default: `pad_hw` on both; inside the convolution: no padded copy):
+  x [B, T, H, W, I], kernel [kh, kw, I, O] -> [B, T, H', W', O] float32 (bf16 operands
+  accumulate in float32)."""
   b, t, h, w, i = x.shape
   y = jax.lax.conv_general_dilated(
-      x.reshape(b * t, h, w, i).astype(dtype), kernel.astype(dtype), (1, 1), (pad_hw, pad_hw),
-      dimension_numbers=_DN2, preferred_element_type=jnp.float32)
+      x.reshape(b * t, h, w, i).astype(dtype), kernel.astype(dtype), (1, 1),
+      (pad_hw, pad_hw if pad_w is None else pad_w), dimension_numbers=_DN2,
+      preferred_element_type=jnp.float32)
   return y.reshape((b, t) + y.shape[1:])
 
 
@@ -242,16 +244,10 @@ class Upsample2d(nn.Module):
     kernel = self.param("kernel", conv_init, (3, 3, c, c))
     bias = self.param("bias", nn.initializers.zeros, (c,))
     pads = ((1, 0), (0, 1))  # parity 0 reads rows y - 1, y; parity 1 reads y, y + 1
-    rows = []
-    for a, ka in enumerate(_parity_taps(kernel, 0)):
-      cols = []
-      for bb, kab in enumerate(_parity_taps(ka, 1)):
-        y = jax.lax.conv_general_dilated(
-            x.reshape(b * t, h, w, c).astype(self.dtype), kab.astype(self.dtype), (1, 1),
-            (pads[a], pads[bb]), dimension_numbers=_DN2, preferred_element_type=jnp.float32)
-        cols.append(y)
-      rows.append(jnp.stack(cols, axis=3))  # [B*T, H, W, 2 (col parity), C]
-    y = jnp.stack(rows, axis=2)  # [B*T, H, 2 (row parity), W, 2, C]
+    rows = [jnp.stack([_frame_conv(x, kab, self.dtype, pads[a], pads[bb])
+                       for bb, kab in enumerate(_parity_taps(ka, 1))], axis=4)
+            for a, ka in enumerate(_parity_taps(kernel, 0))]  # each [B, T, H, W, 2 (col), C]
+    y = jnp.stack(rows, axis=3)  # [B, T, H, 2 (row parity), W, 2, C]
     return y.reshape(b, t, 2 * h, 2 * w, c) + bias.astype(jnp.float32)
 
 
